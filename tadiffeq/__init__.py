@@ -1,0 +1,48 @@
+"""tadiffeq: Neural differential equations in JAX that are accurate and cheap to solve.
+
+Temporal Adaptive BatchNorm (TA-BN) and its baselines as Equinox layers whose running
+statistics are explicit `eqx.nn.State` threaded through diffrax solves; the vector
+fields and Neural ODE models of the TA-BN paper.
+"""
+
+from ._models.classifier import (
+    count_parameters as count_parameters,
+    UnmixedClassifier as UnmixedClassifier,
+)
+from ._models.conv import conv2d as conv2d, TimeConv2d as TimeConv2d
+from ._models.conv_field import (
+    conv_field_spec as conv_field_spec,
+    ConvField as ConvField,
+    TimeConvBlock as TimeConvBlock,
+)
+from ._models.field import AbstractVectorField as AbstractVectorField
+from ._models.mlp import MLPField as MLPField, TimeLinear as TimeLinear
+from ._models.unet import UNetField as UNetField
+from ._models.variants import (
+    AugmentedField as AugmentedField,
+    HeavyBallField as HeavyBallField,
+    SecondOrderField as SecondOrderField,
+)
+from ._neural_ode import NeuralODE as NeuralODE, SolveStats as SolveStats
+from ._norm.base import AbstractNorm as AbstractNorm
+from ._norm.factory import NORM_NAMES as NORM_NAMES, make_norm as make_norm
+from ._norm.identity import NoNorm as NoNorm
+from ._norm.minibatch import MiniBatchNorm as MiniBatchNorm
+from ._norm.penalty import affine_penalty as affine_penalty
+from ._norm.popti import PopTIBatchNorm as PopTIBatchNorm
+from ._norm.tabn import TABatchNorm as TABatchNorm
+from ._norm.time_grid import (
+    AbstractTimeGrid as AbstractTimeGrid,
+    GaussianTimeGrid as GaussianTimeGrid,
+    LinearTimeGrid as LinearTimeGrid,
+    make_time_grid as make_time_grid,
+    NearestTimeGrid as NearestTimeGrid,
+)
+from ._solver.stateful import (
+    clone_state as clone_state,
+    StatefulField as StatefulField,
+    StatefulSolver as StatefulSolver,
+)
+
+
+__version__ = "0.1.0"

@@ -1,0 +1,135 @@
+"""The "unmixed" image classifier: one Neural ODE over the image, then a linear head."""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from .._neural_ode import NeuralODE, SolveStats
+from .._norm.popti import PopTIBatchNorm
+from .field import AbstractVectorField
+
+
+class UnmixedClassifier(eqx.Module):
+    """image -> one Neural ODE over the image itself -> BatchNorm -> dropout -> linear.
+
+    The "unmixed" model of Zheng et al. (2024): no convolutional stem or pooling
+    before or after the ODE, so all the capacity is in the vector field. The head's
+    BatchNorm is a standard BN over the flattened ODE output (running statistics,
+    time independent), whatever normalisation the vector field uses.
+
+    **Arguments:**
+
+    - `ode`: the [`tadiffeq.NeuralODE`][] (its field's `lift` maps the images to the
+      ODE state: identity for conv fields, flattening for MLP fields).
+    - `image_shape`: `(height, width, channels)` of one image.
+    - `num_classes`: number of classes.
+    - `dropout`: dropout rate before the linear layer (default `0.5`).
+    - `channels_first`: the images come as `(batch, channels, height, width)`
+      (PyTorch layout) instead of the default `(batch, height, width, channels)`;
+      they are transposed internally.
+    - `key`: a `jax.random` key.
+
+    Called as `logits, state, stats = model(images, state, key=key)` (the key drives
+    dropout and is unused in inference mode).
+    """
+
+    ode: NeuralODE
+    head_norm: PopTIBatchNorm
+    dropout: eqx.nn.Dropout
+    linear: eqx.nn.Linear
+    image_shape: tuple[int, int, int] = eqx.field(static=True)
+    channels_first: bool = eqx.field(static=True)
+
+    def __init__(
+        self,
+        ode: NeuralODE,
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        *,
+        dropout: float = 0.5,
+        channels_first: bool = False,
+        key: PRNGKeyArray,
+    ):
+        if not isinstance(ode, NeuralODE):
+            raise TypeError(f"`ode` must be a NeuralODE, got {type(ode).__name__}.")
+        image_shape = tuple(int(s) for s in image_shape)
+        if len(image_shape) != 3:
+            raise ValueError(
+                f"`image_shape` must be (height, width, channels), got {image_shape}."
+            )
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"`num_classes` must be an int >= 2, got {num_classes!r}.")
+        lift = ode.field.lift if isinstance(ode.field, AbstractVectorField) else None
+        x = jax.ShapeDtypeStruct((2, *image_shape), jnp.float32)
+        y = jax.eval_shape(lambda x: x if lift is None else lift(x), x)
+        readout = getattr(ode.field, "readout", lambda y: y)
+        features = math.prod(jax.eval_shape(readout, y).shape[1:])
+        self.ode = ode
+        self.head_norm = PopTIBatchNorm(features)
+        self.dropout = eqx.nn.Dropout(dropout)
+        self.linear = eqx.nn.Linear(features, num_classes, key=key)
+        self.image_shape = image_shape
+        self.channels_first = channels_first
+
+    @property
+    def num_features(self) -> int:
+        """The size of the flattened ODE output fed to the head."""
+        return self.head_norm.num_features
+
+    def __call__(
+        self,
+        images: Float[Array, "batch *image"],
+        state: eqx.nn.State,
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> tuple[Float[Array, "batch classes"], eqx.nn.State, SolveStats]:
+        h, w, c = self.image_shape
+        expected = (c, h, w) if self.channels_first else (h, w, c)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            layout = "(batch, C, H, W)" if self.channels_first else "(batch, H, W, C)"
+            raise ValueError(
+                f"UnmixedClassifier: `images` must have shape {layout} = "
+                f"(batch, {', '.join(map(str, expected))}), got {images.shape}."
+            )
+        if not jnp.issubdtype(images.dtype, jnp.floating):
+            raise TypeError(
+                f"UnmixedClassifier: `images` must be floating point, got "
+                f"{images.dtype}; convert and normalise them first."
+            )
+        x = jnp.transpose(images, (0, 2, 3, 1)) if self.channels_first else images
+        y, state, stats = self.ode(x, state)
+        feats = y.reshape(y.shape[0], -1)
+        feats, state = self.head_norm(0.0, feats, state)
+        feats = self.dropout(feats, key=key)
+        logits = feats @ self.linear.weight.T.astype(feats.dtype)
+        if self.linear.bias is not None:
+            logits = logits + self.linear.bias.astype(feats.dtype)
+        return logits, state, stats
+
+
+def count_parameters(model, *, grid_affine: bool = True) -> int:
+    """Number of trainable parameters (inexact array elements) in `model`.
+
+    With `grid_affine=False`, each TA-BN layer's per-grid-point affine `(M + 1, C)`
+    counts as one time-independent `(C,)` affine (what a standard BN would have).
+    """
+    from .._norm.tabn import TABatchNorm
+
+    total = 0
+    is_tabn = lambda x: isinstance(x, TABatchNorm)
+    is_special = lambda x: is_tabn(x) or isinstance(x, eqx.nn.StateIndex)
+    for leaf in jax.tree_util.tree_leaves(
+        eqx.filter(model, eqx.is_inexact_array), is_leaf=is_special
+    ):
+        if isinstance(leaf, eqx.nn.StateIndex):
+            continue  # Running statistics are not parameters.
+        if is_tabn(leaf):
+            for p in (leaf.weight, leaf.bias):
+                if p is not None:
+                    total += p.size if grid_affine else p.shape[-1]
+        else:
+            total += leaf.size
+    return total

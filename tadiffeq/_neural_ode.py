@@ -1,0 +1,289 @@
+"""`NeuralODE`: solve dy/dt = f(t, y) with diffrax, threading normalisation state."""
+
+import math
+from collections.abc import Callable
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jaxtyping import Array, ArrayLike, Float, Int, PyTree
+
+from ._norm.base import AbstractNorm
+from ._norm.tabn import TABatchNorm
+from ._solver.stateful import StatefulField, StatefulSolver, clone_state
+
+
+class SolveStats(eqx.Module):
+    """What a solve cost.
+
+    Scalars for a batch solved as one system; shape `(batch,)` when every sample was
+    solved on its own (inference mode with batch-independent normalisation).
+
+    - `num_steps`: steps attempted (accepted + rejected).
+    - `num_accepted_steps`, `num_rejected_steps`.
+    - `num_fn_evals`: vector-field evaluations of the forward solve, including the
+      initial step-size heuristic's two (adaptive controllers with `dt0=None`) and an
+      FSAL method's first evaluation. Evaluations of a backward (adjoint) pass are not
+      included.
+    """
+
+    num_steps: Int[Array, "*batch"]
+    num_accepted_steps: Int[Array, "*batch"]
+    num_rejected_steps: Int[Array, "*batch"]
+    num_fn_evals: Int[Array, "*batch"]
+
+
+def _is_norm(x) -> bool:
+    return isinstance(x, AbstractNorm)
+
+
+def _norm_layers(tree) -> list[AbstractNorm]:
+    return [x for x in jtu.tree_leaves(tree, is_leaf=_is_norm) if _is_norm(x)]
+
+
+def _uses_pid_heuristic(controller) -> bool:
+    """Whether `controller.init(..., dt0=None, ...)` runs the PID initial-step
+    heuristic (two vector-field evaluations)."""
+    while not isinstance(controller, dfx.PIDController):
+        inner = getattr(controller, "controller", None)
+        if inner is None:
+            return False
+        controller = inner
+    return True
+
+
+class NeuralODE(eqx.Module):
+    """A Neural ODE dy/dt = field(t, y) over `[t0, t1]`, solved with diffrax, whose
+    vector field may hold normalisation layers with running statistics.
+
+    The vector field is called as `dy, state = field(t, y, state)` with the batch
+    inside `y` (shape `(batch, ...)`), so the whole batch is one system: it shares step
+    sizes, and batch statistics are taken at one time t.
+
+    **Training mode** (`inference=False`, the default): the batch is solved as one
+    system and the returned state holds the running statistics updated with every
+    evaluation of the forward solve's accepted steps, in evaluation order (see
+    [`tadiffeq.StatefulSolver`][] for exactly which evaluations count). The statistics
+    never carry gradients; parameters do.
+
+    **Inference mode** (`eqx.nn.inference_mode(model)`): the state is returned
+    unchanged. If every normalisation layer is independent of the batch at inference
+    (TA-BN, Pop-TI BN, none) each sample is solved on its own (a `vmap` over the
+    batch, each sample a batch of one with its own step sizes), so a sample's output
+    does not depend on the rest of the batch. Mini-batch BN needs the batch and is
+    solved jointly. Override with `per_sample_inference`.
+
+    Exceeding `max_steps` raises an error (diffrax's `throw=True`); the solver is never
+    silently switched.
+
+    **Arguments:**
+
+    - `field`: the vector field, `field(t, y, state) -> (dy, state)`; typically a
+      [`tadiffeq.AbstractVectorField`][], whose `lift`/`readout` then map inputs to the
+      ODE state and back.
+    - `solver`: `diffrax.Dopri5()` (default), `Tsit5()`, `Bosh3()`, `Heun()`,
+      `Euler()`, ... (explicit Runge--Kutta).
+    - `stepsize_controller`: default `diffrax.PIDController(rtol=1e-3, atol=1e-3)`.
+    - `t0`, `t1`: the integration interval (default `[0, 1]`); must match the grids of
+      any TA-BN layer in the field.
+    - `dt0`: initial step; `None` (default) chooses it with the PID controller's
+      heuristic at `(t0, y0)`.
+    - `adjoint`: how to differentiate the solve, default
+      `diffrax.RecursiveCheckpointAdjoint()`; `BacksolveAdjoint()` also works.
+    - `max_steps`: the most steps a solve may take (default `1000`).
+    - `per_sample_inference`: solve samples separately in inference mode; `None`
+      (default) decides from the normalisation layers as above.
+    - `inference`: start in inference mode (default `False`).
+    """
+
+    field: Callable
+    solver: dfx.AbstractSolver
+    stepsize_controller: dfx.AbstractStepSizeController
+    adjoint: dfx.AbstractAdjoint
+    t0: float = eqx.field(static=True)
+    t1: float = eqx.field(static=True)
+    dt0: float | None = eqx.field(static=True)
+    max_steps: int = eqx.field(static=True)
+    per_sample_inference: bool = eqx.field(static=True)
+    inference: bool
+
+    def __init__(
+        self,
+        field: Callable,
+        *,
+        solver: dfx.AbstractSolver | None = None,
+        stepsize_controller: dfx.AbstractStepSizeController | None = None,
+        t0: float = 0.0,
+        t1: float = 1.0,
+        dt0: float | None = None,
+        adjoint: dfx.AbstractAdjoint | None = None,
+        max_steps: int = 1000,
+        per_sample_inference: bool | None = None,
+        inference: bool = False,
+    ):
+        if not callable(field):
+            raise TypeError(f"`field` must be callable, got {type(field).__name__}.")
+        t0, t1 = float(t0), float(t1)
+        if not (math.isfinite(t0) and math.isfinite(t1)):
+            raise ValueError(f"`t0` and `t1` must be finite, got t0={t0}, t1={t1}.")
+        if not t0 < t1:
+            raise ValueError(f"Need `t0 < t1`, got t0={t0}, t1={t1}.")
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+            raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
+        solver = dfx.Dopri5() if solver is None else solver
+        StatefulSolver(solver)  # Raises a TypeError naming `solver` if unsupported.
+        if stepsize_controller is None:
+            stepsize_controller = dfx.PIDController(rtol=1e-3, atol=1e-3)
+        if not isinstance(stepsize_controller, dfx.AbstractStepSizeController):
+            raise TypeError(
+                "`stepsize_controller` must be a diffrax step-size controller, got "
+                f"{type(stepsize_controller).__name__}."
+            )
+        adaptive = isinstance(
+            stepsize_controller, dfx.AbstractAdaptiveStepSizeController
+        )
+        if adaptive and not StatefulSolver(solver).has_error_estimate:
+            raise ValueError(
+                f"`solver={type(solver).__name__}()` has no error estimate, so it "
+                "cannot be used with an adaptive `stepsize_controller`; use "
+                "`diffrax.ConstantStepSize()` with a `dt0`."
+            )
+        if not adaptive and dt0 is None:
+            raise ValueError(
+                f"`stepsize_controller={type(stepsize_controller).__name__}()` needs "
+                "an explicit `dt0`."
+            )
+        if dt0 is not None:
+            dt0 = float(dt0)
+            if not dt0 > 0:
+                raise ValueError(f"`dt0` must be positive, got {dt0}.")
+        for layer in _norm_layers(field):
+            if isinstance(layer, TABatchNorm) and (
+                layer.grid.t0 != t0 or layer.grid.t1 != t1
+            ):
+                raise ValueError(
+                    f"`field` holds a TABatchNorm whose time grid covers "
+                    f"[{layer.grid.t0}, {layer.grid.t1}], but the NeuralODE "
+                    f"integrates over [{t0}, {t1}]; build the layers with the same "
+                    "`t0` and `t1`."
+                )
+        if per_sample_inference is None:
+            per_sample_inference = all(
+                type(layer).batch_independent_at_inference
+                for layer in _norm_layers(field)
+            )
+        self.field = field
+        self.solver = solver
+        self.stepsize_controller = stepsize_controller
+        self.adjoint = dfx.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
+        self.t0 = t0
+        self.t1 = t1
+        self.dt0 = dt0
+        self.max_steps = max_steps
+        self.per_sample_inference = bool(per_sample_inference)
+        self.inference = inference
+
+    def __call__(
+        self,
+        x: Float[Array, "batch *features"],
+        state: eqx.nn.State,
+        *,
+        ts: Float[ArrayLike, " times"] | None = None,
+    ) -> tuple[PyTree[Array], eqx.nn.State, SolveStats]:
+        """Solves from `x` at `t0`.
+
+        **Arguments:**
+
+        - `x`: the batched input, `(batch, ...)`; the field's `lift` maps it to the
+          initial state y(t0) (the identity for plain fields).
+        - `state`: the `eqx.nn.State` holding the normalisation statistics.
+        - `ts`: optional increasing times in `[t0, t1]` at which to return the
+          solution; default: only `t1`.
+
+        **Returns:** `(y, state, stats)`: the field's `readout` of y(t1) (or of the
+        solution at every time in `ts`, stacked on a leading axis), the updated state
+        (unchanged in inference mode) and the [`tadiffeq.SolveStats`][] of the solve.
+        """
+        y0 = self._lift(x)
+        if ts is not None:
+            ts = jnp.asarray(ts)
+            if ts.ndim != 1 or ts.shape[0] < 1:
+                raise ValueError(f"`ts` must be a non-empty 1-D array, got {ts.shape}.")
+        if self.inference and self.per_sample_inference:
+            # Each sample as a batch of one, with its own step sizes.
+            solve = lambda y: self._solve(jtu.tree_map(lambda a: a[None], y), state, ts)
+            ys, _, stats = jax.vmap(solve)(y0)
+            if ts is None:
+                ys = jtu.tree_map(lambda a: a[:, 0], ys)
+            else:  # (batch, times, 1, ...) -> (times, batch, ...)
+                ys = jtu.tree_map(lambda a: jnp.swapaxes(a[:, :, 0], 0, 1), ys)
+            new_state = state
+        else:
+            ys, new_state, stats = self._solve(y0, state, ts)
+        return self._readout(ys), new_state, stats
+
+    def _lift(self, x):
+        lift = getattr(self.field, "lift", None)
+        y0 = x if lift is None else lift(x)
+        for leaf in jtu.tree_leaves(y0):
+            if not jnp.issubdtype(leaf.dtype, jnp.floating):
+                raise TypeError(
+                    f"`x` must be a floating-point array, got dtype {leaf.dtype}."
+                )
+            if leaf.ndim < 1:
+                raise ValueError(
+                    f"`x` must have a leading batch axis, got shape {leaf.shape}."
+                )
+        return y0
+
+    def _readout(self, ys):
+        readout = getattr(self.field, "readout", None)
+        return ys if readout is None else readout(ys)
+
+    def _solve(self, y0, state, ts):
+        solver = StatefulSolver(self.solver)
+        term = dfx.ODETerm(StatefulField(self.field, state))
+        controller = self.stepsize_controller
+        t0, t1 = self.t0, self.t1
+        num_heuristic = 0
+        dt0 = self.dt0
+        if dt0 is None:
+            # diffrax 0.7 wraps terms before its PID controller checks for an ODETerm,
+            # which silently replaces the initial-step heuristic by dt0 = 0.01. Run the
+            # heuristic on the unwrapped term ourselves.
+            tnext, _ = controller.init(
+                term, t0, t1, y0, None, None, solver.func, solver.error_order(term)
+            )
+            dt0 = jax.lax.stop_gradient(tnext - t0)
+            num_heuristic = 2 if _uses_pid_heuristic(controller) else 0
+        if ts is None:
+            saveat = dfx.SaveAt(t1=True, solver_state=True)
+        else:
+            saveat = dfx.SaveAt(ts=ts, solver_state=True)
+        sol = dfx.diffeqsolve(
+            term,
+            solver,
+            t0,
+            t1,
+            dt0,
+            y0,
+            saveat=saveat,
+            stepsize_controller=controller,
+            adjoint=self.adjoint,
+            max_steps=self.max_steps,
+        )
+        ys = sol.ys
+        if ts is None:
+            ys = jtu.tree_map(lambda a: a[0], ys)
+        _, new_state = sol.solver_state
+        new_state = jax.lax.stop_gradient(clone_state(new_state))
+        num_steps = sol.stats["num_steps"]
+        stats = SolveStats(
+            num_steps=num_steps,
+            num_accepted_steps=sol.stats["num_accepted_steps"],
+            num_rejected_steps=sol.stats["num_rejected_steps"],
+            num_fn_evals=solver.num_evaluations(num_steps) + num_heuristic,
+        )
+        return ys, new_state, stats

@@ -1,0 +1,145 @@
+"""The interface shared by every normalisation layer of a vector field."""
+
+import abc
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, Shaped
+
+
+class AbstractNorm(eqx.Module):
+    """Base class of the normalisation layers used inside vector fields.
+
+    Every layer is called as `y, state = norm(t, x, state)`, the way `eqx.nn.BatchNorm`
+    is called with an `eqx.nn.State`, with the time `t` in front:
+
+    - `t`: the scalar time at which the vector field is evaluated.
+    - `x`: a *batched* array, `(batch, channels)` for vectors or
+      `(batch, height, width, channels)` for feature maps (any number of axes between
+      batch and channels). The channel axis is `channel_axis` (default last, the
+      library's internal layout; pass `channel_axis=1` for `(batch, channels, ...)`).
+      Batch statistics are taken over every axis but the channel axis.
+    - `state`: an `eqx.nn.State` holding the running statistics.
+
+    In training mode (`inference=False`) layers with running statistics return the
+    state updated with this evaluation; in inference mode the state comes back
+    unchanged. Toggle the mode with `eqx.nn.inference_mode(model)`, or per call with
+    the `inference=` keyword.
+    """
+
+    num_features: eqx.AbstractVar[int]
+    channel_axis: eqx.AbstractVar[int]
+    inference: eqx.AbstractVar[bool]
+
+    #: Whether a sample's output is independent of the rest of the batch in inference
+    #: mode. `NeuralODE` then solves each sample on its own at inference time.
+    batch_independent_at_inference: ClassVar[bool]
+
+    @abc.abstractmethod
+    def __call__(
+        self,
+        t: ArrayLike,
+        x: Shaped[Array, "batch *rest"],
+        state: eqx.nn.State,
+        *,
+        inference: bool | None = None,
+    ) -> tuple[Float[Array, "batch *rest"], eqx.nn.State]:
+        """Normalises `x` at time `t`; returns `(output, state)`."""
+
+    # Helpers shared by subclasses.
+
+    def _axis(self, x: Array) -> int:
+        """The channel axis of `x` as a non-negative index, checking the input."""
+        cls = type(self).__name__
+        if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+            raise TypeError(f"{cls}: `x` must be an array, got {type(x).__name__}.")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(
+                f"{cls}: `x` must be a floating-point array, got dtype {x.dtype}."
+            )
+        if x.ndim < 2:
+            raise ValueError(
+                f"{cls}: `x` must be batched, of shape (batch, ..., channels); got "
+                f"shape {x.shape}. tadiffeq keeps the batch inside the ODE state, so "
+                "batch statistics are taken at one time t."
+            )
+        axis = self.channel_axis % x.ndim
+        if axis == 0:
+            raise ValueError(
+                f"{cls}: `channel_axis={self.channel_axis}` points at the batch axis "
+                f"of `x` (shape {x.shape})."
+            )
+        if x.shape[axis] != self.num_features:
+            raise ValueError(
+                f"{cls}: `x` has {x.shape[axis]} channels on axis {self.channel_axis} "
+                f"(shape {x.shape}), expected num_features={self.num_features}."
+            )
+        return axis
+
+    def _is_inference(self, inference: bool | None) -> bool:
+        return self.inference if inference is None else inference
+
+
+def check_num_features(cls_name: str, num_features: int) -> None:
+    if isinstance(num_features, bool) or not isinstance(num_features, int):
+        raise TypeError(
+            f"{cls_name}: `num_features` must be an int, got {num_features!r}."
+        )
+    if num_features < 1:
+        raise ValueError(f"{cls_name}: `num_features` must be >= 1, got {num_features}.")
+
+
+def check_momentum_eps(cls_name: str, momentum: float, eps: float) -> None:
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"{cls_name}: `momentum` must be in [0, 1], got {momentum}.")
+    if not eps > 0.0:
+        raise ValueError(f"{cls_name}: `eps` must be positive, got {eps}.")
+
+
+def batch_moments(
+    x: Float[Array, "batch *rest"], axis: int
+) -> tuple[Float[Array, " channels"], Float[Array, " channels"], int]:
+    """Mean and biased variance of `x` over every axis but `axis`, and the number of
+    values per channel. Computed in at least float32."""
+    reduce = tuple(i for i in range(x.ndim) if i != axis)
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    mean = jnp.mean(xf, axis=reduce)
+    var = jnp.mean(jnp.square(xf - jnp.expand_dims(mean, reduce)), axis=reduce)
+    count = x.size // x.shape[axis]
+    return mean, var, count
+
+
+def unbiased(cls_name: str, var: Array, count: int, shape: tuple[int, ...]) -> Array:
+    """Bessel-corrected variance for the running estimate (PyTorch's convention)."""
+    if count < 2:
+        raise ValueError(
+            f"{cls_name}: training mode needs more than one value per channel to "
+            f"estimate a variance, got `x` of shape {shape}. Use a batch of at least 2 "
+            "or inference mode."
+        )
+    return var * (count / (count - 1))
+
+
+def normalise(
+    x: Float[Array, "batch *rest"],
+    axis: int,
+    mean: Float[Array, " channels"],
+    var: Float[Array, " channels"],
+    eps: float,
+    weight: Float[Array, " channels"] | None,
+    bias: Float[Array, " channels"] | None,
+) -> Float[Array, "batch *rest"]:
+    """(x - mean) / sqrt(var + eps) * weight + bias, broadcast along `axis`; the
+    result has the dtype of `x`."""
+    shape = [1] * x.ndim
+    shape[axis] = x.shape[axis]
+    scale = jax.lax.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias
+    out = x * scale.reshape(shape).astype(x.dtype) + shift.reshape(shape).astype(x.dtype)
+    return out

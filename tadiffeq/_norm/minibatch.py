@@ -1,0 +1,75 @@
+"""Mini-batch BatchNorm: batch statistics in training *and* at test time."""
+
+from typing import ClassVar
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, Shaped
+
+from .base import (
+    AbstractNorm,
+    batch_moments,
+    check_momentum_eps,
+    check_num_features,
+    normalise,
+)
+
+
+class MiniBatchNorm(AbstractNorm):
+    """BatchNorm that always normalises with the statistics of the current batch and
+    keeps no running statistics (the "mini-batch BN" baseline of Zheng et al. 2024).
+
+    Its output for one sample depends on the rest of the batch at test time too, so it
+    degrades at small or noisy test batches. The affine parameters are time
+    independent.
+
+    **Arguments:**
+
+    - `num_features`: number of channels C.
+    - `eps`: added to the variance (default `1e-5`).
+    - `affine`: learn a per-channel weight (init 1) and bias (init 0) (default `True`).
+    - `channel_axis`: channel axis of the batched input (default `-1`).
+    - `dtype`: parameter dtype (default float32).
+    """
+
+    num_features: int = eqx.field(static=True)
+    weight: Float[Array, " channels"] | None
+    bias: Float[Array, " channels"] | None
+    eps: float = eqx.field(static=True)
+    channel_axis: int = eqx.field(static=True)
+    inference: bool
+
+    batch_independent_at_inference: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        eps: float = 1e-5,
+        affine: bool = True,
+        channel_axis: int = -1,
+        dtype=None,
+        inference: bool = False,
+    ):
+        check_num_features("MiniBatchNorm", num_features)
+        check_momentum_eps("MiniBatchNorm", 0.0, eps)
+        dtype = jnp.float32 if dtype is None else dtype
+        self.num_features = num_features
+        self.weight = jnp.ones(num_features, dtype) if affine else None
+        self.bias = jnp.zeros(num_features, dtype) if affine else None
+        self.eps = eps
+        self.channel_axis = channel_axis
+        self.inference = inference
+
+    def __call__(
+        self,
+        t: ArrayLike,
+        x: Shaped[Array, "batch *rest"],
+        state: eqx.nn.State,
+        *,
+        inference: bool | None = None,
+    ) -> tuple[Float[Array, "batch *rest"], eqx.nn.State]:
+        del t, inference  # Same behaviour in both modes.
+        axis = self._axis(x)
+        mean, var, _ = batch_moments(x, axis)
+        return normalise(x, axis, mean, var, self.eps, self.weight, self.bias), state

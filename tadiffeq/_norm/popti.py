@@ -1,0 +1,106 @@
+"""Pop-TI BatchNorm: one pair of running statistics for all times."""
+
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, Shaped
+
+from .base import (
+    AbstractNorm,
+    batch_moments,
+    check_momentum_eps,
+    check_num_features,
+    normalise,
+    unbiased,
+)
+
+
+class PopTIBatchNorm(AbstractNorm):
+    """Standard BatchNorm inside a vector field: one running mean/variance shared by
+    all times t ("population statistics, time independent", Pop-TI BN in Zheng et al.
+    2024) and a time-independent affine.
+
+    Training mode normalises with the batch statistics and updates the running pair
+    with `running <- (1 - momentum) running + momentum batch` at every recorded
+    evaluation (the running variance uses the unbiased batch variance, as PyTorch);
+    inference mode normalises with the running pair. Because an adaptive solver
+    evaluates the field at different times in every batch, one pair cannot describe
+    all of them: this is the baseline TA-BN fixes.
+
+    **Arguments:**
+
+    - `num_features`: number of channels C.
+    - `momentum`: running-average momentum (default `0.1`).
+    - `eps`: added to the variance (default `1e-5`).
+    - `affine`: learn a per-channel weight (init 1) and bias (init 0) (default `True`).
+    - `channel_axis`: channel axis of the batched input (default `-1`).
+    - `dtype`: parameter and statistics dtype (default float32).
+
+    The state holds `(running_mean, running_var)`, each of shape `(C,)`, initialised
+    to zeros and ones.
+    """
+
+    num_features: int = eqx.field(static=True)
+    weight: Float[Array, " channels"] | None
+    bias: Float[Array, " channels"] | None
+    state_index: eqx.nn.StateIndex
+    momentum: float = eqx.field(static=True)
+    eps: float = eqx.field(static=True)
+    channel_axis: int = eqx.field(static=True)
+    inference: bool
+
+    batch_independent_at_inference: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        momentum: float = 0.1,
+        eps: float = 1e-5,
+        affine: bool = True,
+        channel_axis: int = -1,
+        dtype=None,
+        inference: bool = False,
+    ):
+        check_num_features("PopTIBatchNorm", num_features)
+        check_momentum_eps("PopTIBatchNorm", momentum, eps)
+        dtype = jnp.float32 if dtype is None else dtype
+        self.num_features = num_features
+        self.weight = jnp.ones(num_features, dtype) if affine else None
+        self.bias = jnp.zeros(num_features, dtype) if affine else None
+        self.state_index = eqx.nn.StateIndex(
+            (jnp.zeros(num_features, dtype), jnp.ones(num_features, dtype))
+        )
+        self.momentum = momentum
+        self.eps = eps
+        self.channel_axis = channel_axis
+        self.inference = inference
+
+    def __call__(
+        self,
+        t: ArrayLike,
+        x: Shaped[Array, "batch *rest"],
+        state: eqx.nn.State,
+        *,
+        inference: bool | None = None,
+    ) -> tuple[Float[Array, "batch *rest"], eqx.nn.State]:
+        del t
+        axis = self._axis(x)
+        running_mean, running_var = state.get(self.state_index)
+        if self._is_inference(inference):
+            out = normalise(
+                x, axis, running_mean, running_var, self.eps, self.weight, self.bias
+            )
+            return out, state
+        mean, var, count = batch_moments(x, axis)
+        out = normalise(x, axis, mean, var, self.eps, self.weight, self.bias)
+        batch_mean = jax.lax.stop_gradient(mean).astype(running_mean.dtype)
+        batch_var = jax.lax.stop_gradient(unbiased("PopTIBatchNorm", var, count, x.shape))
+        m = self.momentum
+        new = (
+            running_mean + m * (batch_mean - running_mean),
+            running_var + m * (batch_var.astype(running_var.dtype) - running_var),
+        )
+        return out, state.set(self.state_index, new)

@@ -1,0 +1,283 @@
+"""An explicit Runge--Kutta solver that threads an `eqx.nn.State` through the stage
+evaluations of a diffrax solve.
+
+diffrax's vector field `f(t, y, args)` cannot return new state. Following the advice
+of diffrax's maintainer (diffrax issues #196, #462, #595), the evolving,
+non-differentiable state lives at the solver level: `StatefulSolver` carries it in its
+`solver_state`, which diffrax's integration loop keeps for accepted steps and throws
+away for rejected ones. The Butcher tableau, interpolation, order and error estimate
+all come from the wrapped diffrax solver (`Dopri5`, `Tsit5`, `Bosh3`, `Heun`, ...);
+step-size control, `SaveAt` and adjoints stay diffrax's.
+
+Design decisions (documented in the user guide as well):
+
+- Which evaluations update the statistics: every stage of every *accepted* step, in
+  stage order, plus the first evaluation f(t0, y0) of FSAL methods (made in `init`).
+  Stages of rejected steps do not count (diffrax discards their `solver_state`). The
+  evaluations of the initial step-size heuristic (two, at t0 and t0 + h0 on a probe
+  point off the trajectory) do not count either, and neither does any evaluation of
+  an adjoint's backward pass: that pass sees diffrax's `AdjointTerm`, which this
+  solver integrates with plain stages.
+- Order within a step: the stages are applied one after another in evaluation order
+  (c_1 <= ... <= c_s for the supported tableaux), each to the state left by the
+  previous one. For FSAL methods the last stage of a step (at t1, on y1) is the first
+  stage of the next and is counted once.
+"""
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import diffrax as dfx
+import equinox as eqx
+import equinox.internal as eqxi
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+from jaxtyping import Array, PyTree
+
+
+def clone_state(state: eqx.nn.State) -> eqx.nn.State:
+    """A fresh `eqx.nn.State` with the same values.
+
+    `eqx.nn.State.set` invalidates the object it is called on; cloning before handing a
+    state to a layer keeps the caller's copy usable.
+    """
+    leaves, treedef = jtu.tree_flatten(state)
+    return jtu.tree_unflatten(treedef, leaves)
+
+
+class StatefulField(eqx.Module):
+    """Wraps a stateful vector field `field(t, y, state) -> (dy, state)` and the state
+    to evaluate it with, so that diffrax can also call it as a plain `f(t, y, args)`.
+
+    The plain call (used by diffrax's step-size heuristic and by adjoint terms)
+    evaluates with a copy of `state` and drops the returned state.
+    """
+
+    field: Callable[..., tuple[PyTree, eqx.nn.State]]
+    state: eqx.nn.State
+
+    def __call__(self, t, y, args):
+        del args
+        dy, _ = self.field(t, y, clone_state(self.state))
+        return dy
+
+    def with_state(self, t, y, state: eqx.nn.State):
+        return self.field(t, y, clone_state(state))
+
+
+def _find_stateful(terms) -> tuple[StatefulField | None, Any]:
+    """The `StatefulField` inside `terms` (an `ODETerm`, possibly wrapped in diffrax's
+    time-direction wrapper) and the direction, or `(None, 1)` for any other term."""
+    inner, direction = terms, 1
+    if not isinstance(inner, dfx.ODETerm) and hasattr(inner, "direction"):
+        inner, direction = inner.term, inner.direction
+    if isinstance(inner, dfx.ODETerm) and isinstance(inner.vector_field, StatefulField):
+        return inner.vector_field, direction
+    return None, 1
+
+
+class _Tableau(eqx.Module):
+    """A dense explicit Butcher tableau, stored as (hashable) tuples of floats."""
+
+    c_: tuple[float, ...] = eqx.field(static=True)  # (s,), c[0] = 0
+    a_: tuple[tuple[float, ...], ...] = eqx.field(static=True)  # (s, s) lower
+    b_: tuple[float, ...] = eqx.field(static=True)  # (s,)
+    b_error_: tuple[float, ...] | None = eqx.field(static=True)  # (s,) or None
+    fsal: bool = eqx.field(static=True)
+
+    @property
+    def c(self) -> np.ndarray:
+        return np.asarray(self.c_)
+
+    @property
+    def a(self) -> np.ndarray:
+        return np.asarray(self.a_)
+
+    @property
+    def b(self) -> np.ndarray:
+        return np.asarray(self.b_)
+
+    @property
+    def b_error(self) -> np.ndarray | None:
+        return None if self.b_error_ is None else np.asarray(self.b_error_)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.b_)
+
+
+def _tuple(x) -> tuple:
+    x = np.asarray(x, dtype=float)
+    return tuple(map(_tuple, x)) if x.ndim > 1 else tuple(float(v) for v in x)
+
+
+def _tableau_of(solver: dfx.AbstractSolver) -> _Tableau:
+    if isinstance(solver, dfx.Euler):
+        return _Tableau((0.0,), ((0.0,),), (1.0,), None, False)
+    tableau = getattr(type(solver), "tableau", None)
+    if not isinstance(solver, dfx.AbstractERK) or not isinstance(
+        tableau, dfx.ButcherTableau
+    ):
+        raise TypeError(
+            "`solver` must be diffrax.Euler or an explicit Runge--Kutta solver with a "
+            "single Butcher tableau (Dopri5, Tsit5, Bosh3, Heun, Midpoint, Ralston, "
+            f"Dopri8); got {type(solver).__name__}."
+        )
+    s = tableau.num_stages
+    a = np.zeros((s, s))
+    for i, row in enumerate(tableau.a_lower):
+        a[i + 1, : len(row)] = row
+    c = np.concatenate([[0.0], np.asarray(tableau.c, dtype=float)])
+    return _Tableau(
+        _tuple(c), _tuple(a), _tuple(tableau.b_sol), _tuple(tableau.b_error),
+        bool(tableau.fsal),
+    )
+
+
+def _dot(coeffs: np.ndarray, ks: PyTree[Array]) -> PyTree[Array]:
+    """sum_i coeffs[i] ks[i] for each leaf of a stacked-stages pytree."""
+    return jtu.tree_map(
+        lambda k: jnp.tensordot(
+            jnp.asarray(coeffs, k.dtype), k, axes=1, precision=lax.Precision.HIGHEST
+        ),
+        ks,
+    )
+
+
+def _add(y: PyTree[Array], dy: PyTree[Array]) -> PyTree[Array]:
+    return jtu.tree_map(lambda a, b: a + b.astype(a.dtype), y, dy)
+
+
+class StatefulSolver(dfx.AbstractAdaptiveSolver):
+    """Runs a diffrax explicit Runge--Kutta solver, threading the `eqx.nn.State` of a
+    [`tadiffeq.StatefulField`][] through every stage evaluation.
+
+    For any other term (e.g. diffrax's adjoint terms in `BacksolveAdjoint`'s backward
+    pass) it is the plain Runge--Kutta method of the wrapped solver, without FSAL.
+
+    **Arguments:**
+
+    - `solver`: `diffrax.Euler()` or an explicit Runge--Kutta solver such as
+      `diffrax.Dopri5()` or `diffrax.Tsit5()`; it supplies the tableau, the order, the
+      error estimate and the dense-output interpolation.
+
+    The solver state is `(fsal_f, state)`: the last stage's vector field for FSAL
+    methods (else `None`) and the normalisation state (`None` for non-stateful terms).
+    """
+
+    solver: dfx.AbstractSolver
+    tableau: _Tableau
+
+    term_structure: ClassVar = dfx.AbstractTerm
+
+    def __init__(self, solver: dfx.AbstractSolver):
+        self.tableau = _tableau_of(solver)
+        self.solver = solver
+
+    @property
+    def interpolation_cls(self):  # pyright: ignore
+        return self.solver.interpolation_cls
+
+    @property
+    def has_error_estimate(self) -> bool:
+        return self.tableau.b_error is not None
+
+    def order(self, terms):
+        return self.solver.order(terms)
+
+    def error_order(self, terms):
+        return self.solver.error_order(terms) if self.has_error_estimate else None
+
+    def num_evaluations(self, num_steps):
+        """Vector-field evaluations made by `init` and `num_steps` steps (accepted
+        or rejected) on a stateful term."""
+        tab = self.tableau
+        if tab.fsal:
+            return 1 + (tab.num_stages - 1) * num_steps
+        return tab.num_stages * num_steps
+
+    def func(self, terms, t0, y0, args):
+        return terms.vf(t0, y0, args)
+
+    def init(self, terms, t0, t1, y0, args):
+        del t1
+        field, direction = _find_stateful(terms)
+        if field is None:
+            return None, None
+        state = clone_state(field.state)
+        if self.tableau.fsal:
+            f0, state = field.with_state(t0 * direction, y0, state)
+            return f0, state
+        return None, state
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        tab = self.tableau
+        field, direction = _find_stateful(terms)
+        control = terms.contr(t0, t1)
+        dt = t1 - t0
+        fsal_f, state = solver_state
+        fsal = tab.fsal and field is not None
+
+        def evaluate(t, y, state):
+            """(k, f, state) at stage time t: k = f * dt is the stage increment."""
+            if field is None:
+                return terms.vf_prod(t, y, args, control), None, state
+            f, state = field.with_state(t * direction, y, state)
+            return terms.prod(f, control), f, state
+
+        # Stage 0.
+        if fsal:
+            if made_jump is False:
+                f0 = fsal_f
+            else:
+                # After a discontinuity the stored f(t0, y0) is stale: re-evaluate.
+                f0, state = lax.cond(
+                    eqxi.unvmap_any(made_jump),
+                    lambda s: field.with_state(t0 * direction, y0, s),
+                    lambda s: (fsal_f, s),
+                    state,
+                )
+            k0 = terms.prod(f0, control)
+        else:
+            k0, f0, state = evaluate(t0, y0, state)
+        ks = jtu.tree_map(
+            lambda k: jnp.zeros((tab.num_stages,) + k.shape, k.dtype).at[0].set(k), k0
+        )
+
+        # Stages 1..s-1, traced once (a scan) so the vector field is compiled once.
+        f_last = f0
+        if tab.num_stages > 1:
+            stages = np.arange(1, tab.num_stages)
+
+            def body(carry, xs):
+                ks, state, _ = carry
+                i, a_row, c_i = xs
+                z = _add(y0, jtu.tree_map(
+                    lambda k: jnp.tensordot(a_row.astype(k.dtype), k, axes=1,
+                                            precision=lax.Precision.HIGHEST), ks))
+                k, f, state = evaluate(t0 + c_i * dt, z, state)
+                ks = jtu.tree_map(lambda kk, ki: kk.at[i].set(ki), ks, k)
+                return (ks, state, f if fsal else None), None
+
+            init_f = jtu.tree_map(jnp.zeros_like, y0) if fsal else None
+            (ks, state, f_last), _ = lax.scan(
+                body,
+                (ks, state, init_f),
+                (
+                    jnp.asarray(stages),
+                    jnp.asarray(tab.a[1:]),
+                    jnp.asarray(tab.c[1:], dtype=jnp.result_type(dt)),
+                ),
+            )
+
+        y1 = _add(y0, _dot(tab.b, ks))
+        y_error = None if tab.b_error is None else _dot(tab.b_error, ks)
+        if isinstance(self.solver, dfx.AbstractERK):
+            dense_info = dict(y0=y0, y1=y1, k=ks)
+        else:
+            dense_info = dict(y0=y0, y1=y1)
+        new_solver_state = (f_last if fsal else None, state)
+        return y1, y_error, dense_info, new_solver_state, dfx.RESULTS.successful

@@ -1,0 +1,25 @@
+import os
+import pathlib
+
+import jax
+import pytest
+
+
+# Determinism and a small thread pool on CI's 2 cores.
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+jax.config.update("jax_default_matmul_precision", "highest")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def getkey():
+    """`getkey()` returns a fresh, deterministic PRNG key each call."""
+    state = {"key": jax.random.PRNGKey(0)}
+
+    def _getkey():
+        state["key"], sub = jax.random.split(state["key"])
+        return sub
+
+    return _getkey
