@@ -8,7 +8,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-from jaxtyping import Array, ArrayLike, Float, Int, PyTree
+from jaxtyping import Array, ArrayLike, Float, Int, PyTree, Shaped
 
 from ._norm.base import AbstractNorm
 from ._norm.tabn import TABatchNorm
@@ -187,7 +187,7 @@ class NeuralODE(eqx.Module):
 
     def __call__(
         self,
-        x: Float[Array, "batch *features"],
+        x: PyTree[Shaped[Array, "batch ..."]],
         state: eqx.nn.State,
         *,
         ts: Float[ArrayLike, " times"] | None = None,
@@ -225,9 +225,7 @@ class NeuralODE(eqx.Module):
         return self._readout(ys), new_state, stats
 
     def _lift(self, x):
-        lift = getattr(self.field, "lift", None)
-        y0 = x if lift is None else lift(x)
-        for leaf in jtu.tree_leaves(y0):
+        for leaf in jtu.tree_leaves(x):
             if not jnp.issubdtype(leaf.dtype, jnp.floating):
                 raise TypeError(
                     f"`x` must be a floating-point array, got dtype {leaf.dtype}."
@@ -236,7 +234,8 @@ class NeuralODE(eqx.Module):
                 raise ValueError(
                     f"`x` must have a leading batch axis, got shape {leaf.shape}."
                 )
-        return y0
+        lift = getattr(self.field, "lift", None)
+        return x if lift is None else lift(x)
 
     def _readout(self, ys):
         readout = getattr(self.field, "readout", None)

@@ -5,7 +5,7 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray, Shaped
 
 from .._neural_ode import NeuralODE, SolveStats
 from .._norm.popti import PopTIBatchNorm
@@ -81,7 +81,7 @@ class UnmixedClassifier(eqx.Module):
 
     def __call__(
         self,
-        images: Float[Array, "batch *image"],
+        images: Shaped[Array, "batch *image"],
         state: eqx.nn.State,
         *,
         key: PRNGKeyArray | None = None,

@@ -160,7 +160,7 @@ class TimeConv2d(eqx.Module):
         self,
         in_channels: int,
         out_channels: int,
-        mode: Mode = "same",
+        mode: str = "same",
         *,
         key: PRNGKeyArray,
         dtype=None,

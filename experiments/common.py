@@ -1,0 +1,243 @@
+"""Training and evaluation helpers shared by the experiment scripts."""
+
+import json
+import pathlib
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import tadiffeq as td
+from tadiffeq.data import iterate_batches, mnist_offline_split, synthetic_digits
+
+
+def load_image_data(name: str, seed: int = 0):
+    """`("mnist" | "synthetic" | "auto")` -> (data dict, description). `auto` takes the
+    offline MNIST split when its IDX files are found, else the generated digits."""
+    if name == "auto":
+        name = "mnist" if td.data.default_mnist_dir() is not None else "synthetic"
+    if name == "mnist":
+        return mnist_offline_split(), "MNIST (offline 10k test set: first 8,000 train, last 2,000 test)"
+    if name == "synthetic":
+        return (
+            synthetic_digits(seed=seed),
+            "generated digits (14x14, 10 classes, 4,000 train / 1,000 test)",
+        )
+    raise ValueError(f"Unknown dataset {name!r}; expected mnist, synthetic or auto.")
+
+
+@dataclass
+class ClassifierConfig:
+    norm: str = "tabn"
+    field: str = "mlp"  # "mlp" or a conv depth "conv4" ... "conv12", or "unet"
+    hidden: int = 64
+    solver: str = "dopri5"
+    rtol: float = 1e-3
+    atol: float = 1e-3
+    num_intervals: int = 100
+    epochs: int = 2
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 2e-2
+    clip_norm: float = 10.0
+    affine_penalty: float = 0.1  # on the field's affine, for TA-BN only (the paper)
+    seed: int = 0
+
+
+SOLVERS: dict[str, Callable[[], dfx.AbstractSolver]] = {
+    "dopri5": dfx.Dopri5,
+    "tsit5": dfx.Tsit5,
+    "bosh3": dfx.Bosh3,
+    "euler": dfx.Euler,
+}
+
+
+def build_classifier(cfg: ClassifierConfig, image_shape, num_classes, key):
+    """`(model, state)` of the unmixed classifier described by `cfg`."""
+    solver = SOLVERS[cfg.solver]()
+    if cfg.solver == "euler":
+        ctrl, dt0 = dfx.ConstantStepSize(), 1.0 / 20
+    else:
+        ctrl, dt0 = dfx.PIDController(rtol=cfg.rtol, atol=cfg.atol), None
+    norm_kwargs = (
+        dict(num_intervals=cfg.num_intervals) if cfg.norm.startswith("tabn") else None
+    )
+
+    def build(key):
+        k1, k2 = jax.random.split(key)
+        h, w, c = image_shape
+        if cfg.field == "mlp":
+            field = td.MLPField(
+                h * w * c, (cfg.hidden,), norm=cfg.norm, norm_kwargs=norm_kwargs, key=k1
+            )
+        elif cfg.field == "unet":
+            field = td.UNetField(c, norm=cfg.norm, norm_kwargs=norm_kwargs, key=k1)
+        elif cfg.field.startswith("conv"):
+            depth = int(cfg.field[4:])
+            field = td.ConvField(c, depth, norm=cfg.norm, norm_kwargs=norm_kwargs, key=k1)
+        else:
+            raise ValueError(f"Unknown field {cfg.field!r}.")
+        node = td.NeuralODE(field, solver=solver, stepsize_controller=ctrl, dt0=dt0)
+        return td.UnmixedClassifier(node, image_shape, num_classes, key=k2)
+
+    return eqx.nn.make_with_state(build)(key)
+
+
+def make_optimizer(cfg: ClassifierConfig, steps: int):
+    """AdamW with the learning rate divided by 10 at half the steps (the paper's
+    recipe), after global-norm clipping."""
+    schedule = optax.piecewise_constant_schedule(cfg.lr, {max(1, steps // 2): 0.1})
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.clip_norm),
+        optax.adamw(schedule, weight_decay=cfg.weight_decay),
+    )
+
+
+def make_train_step(optimizer, penalty_weight: float):
+    @eqx.filter_jit
+    def train_step(model, opt_state, state, x, y, key):
+        def loss_fn(model):
+            logits, new_state, stats = model(x, state, key=key)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            loss = ce
+            if penalty_weight:
+                loss = loss + td.affine_penalty(model.ode.field, penalty_weight)
+            acc = jnp.mean(jnp.argmax(logits, -1) == y)
+            return loss, (new_state, stats, acc)
+
+        (loss, (new_state, stats, acc)), grads = eqx.filter_value_and_grad(
+            loss_fn, has_aux=True
+        )(model)
+        params = eqx.filter(model, eqx.is_inexact_array)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        model = eqx.apply_updates(model, updates)
+        return model, opt_state, new_state, loss, acc, stats.num_fn_evals
+
+    return train_step
+
+
+def train_classifier(cfg: ClassifierConfig, data, *, log=print, label=""):
+    """Trains the unmixed classifier of `cfg` on `data["train"]`. Returns
+    `(model, state, history)`."""
+    x_train, y_train = data["train"]
+    num_classes = int(max(y_train.max(), data["test"][1].max())) + 1
+    key = jax.random.PRNGKey(cfg.seed)
+    model_key, drop_key = jax.random.split(key)
+    model, state = build_classifier(cfg, x_train.shape[1:], num_classes, model_key)
+    steps_per_epoch = len(x_train) // cfg.batch_size
+    optimizer = make_optimizer(cfg, cfg.epochs * steps_per_epoch)
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    penalty = cfg.affine_penalty if cfg.norm.startswith("tabn") else 0.0
+    step_fn = make_train_step(optimizer, penalty)
+    history = []
+    step = 0
+    t_start = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        losses, accs, nfes = [], [], []
+        batches = iterate_batches(x_train, y_train, cfg.batch_size, seed=cfg.seed + epoch)
+        for xb, yb in batches:
+            k = jax.random.fold_in(drop_key, step)
+            model, opt_state, state, loss, acc, nfe = step_fn(
+                model, opt_state, state, jnp.asarray(xb), jnp.asarray(yb), k
+            )
+            losses.append(float(loss))
+            accs.append(float(acc))
+            nfes.append(int(nfe))
+            step += 1
+            if step % 10 == 0 or step == steps_per_epoch * cfg.epochs:
+                log(
+                    f"\r  {label} epoch {epoch + 1}/{cfg.epochs} step "
+                    f"{step}/{steps_per_epoch * cfg.epochs} loss {np.mean(losses[-10:]):.3f}"
+                    f" acc {np.mean(accs[-10:]):.3f} nfe {np.mean(nfes[-10:]):.1f}",
+                    end="",
+                )
+        history.append(
+            dict(
+                epoch=epoch + 1,
+                loss=float(np.mean(losses)),
+                train_acc=float(np.mean(accs)),
+                train_nfe=float(np.mean(nfes)),
+                seconds=time.perf_counter() - t_start,
+            )
+        )
+    log("")
+    return model, state, history
+
+
+def evaluate(model, state, x, y, batch_size: int, *, chunk: int = 256, noise=None):
+    """Inference-mode accuracy and mean NFE over all of `x` with test batches of
+    `batch_size` (the last batch may be smaller).
+
+    Up to `chunk` samples are processed per call, as `chunk // batch_size`
+    independent batches (vmapped), so small test batches stay cheap. `noise`: an
+    optional `x -> x` applied to the inputs first.
+    """
+    model = eqx.nn.inference_mode(model)
+    groups = max(1, chunk // batch_size)
+
+    @eqx.filter_jit
+    def predict(model, xb):
+        def one(xg):
+            logits, _, stats = model(xg, state)
+            nfe = jnp.broadcast_to(stats.num_fn_evals, (xg.shape[0],))
+            return jnp.argmax(logits, -1), nfe
+
+        g = xb.shape[0] // batch_size if xb.shape[0] >= batch_size else 1
+        pred, nfe = jax.vmap(one)(xb.reshape(g, -1, *xb.shape[1:]))
+        return pred.reshape(-1), nfe.reshape(-1)
+
+    if noise is not None:
+        x = noise(x)
+    preds, nfes = [], []
+    full = len(x) - len(x) % batch_size
+    step = groups * batch_size
+    for start in range(0, full, step):
+        stop = min(start + step, full)
+        pred, nfe = predict(model, jnp.asarray(x[start:stop]))
+        preds.append(np.asarray(pred))
+        nfes.append(np.asarray(nfe))
+    if full < len(x):  # the remainder, as one smaller batch
+        pred, nfe = predict(model, jnp.asarray(x[full:]))
+        preds.append(np.asarray(pred))
+        nfes.append(np.asarray(nfe))
+    pred = np.concatenate(preds)
+    return float(np.mean(pred == y)), float(np.mean(np.concatenate(nfes)))
+
+
+def write_json(path: pathlib.Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=_jsonable))
+
+
+def _jsonable(o):
+    if hasattr(o, "__dataclass_fields__"):
+        return asdict(o)
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"Cannot serialise {type(o).__name__}")
+
+
+def print_table(rows: list[dict], columns: list[tuple[str, str]], file=None):
+    """A plain-text table: `columns` is [(key, header)]."""
+    file = sys.stdout if file is None else file
+    cells = [[h for _, h in columns]] + [
+        [_fmt(r.get(k)) for k, _ in columns] for r in rows
+    ]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+    for i, row in enumerate(cells):
+        print("  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths))), file=file)
+        if i == 0:
+            print("  ".join("-" * w for w in widths), file=file)
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+    return "" if v is None else str(v)

@@ -1,0 +1,12 @@
+"""Datasets: offline MNIST from IDX files, generated data, mini-batching."""
+
+from ._batches import iterate_batches as iterate_batches
+from ._mnist import (
+    default_mnist_dir as default_mnist_dir,
+    load_mnist_idx as load_mnist_idx,
+    MNIST_MEAN as MNIST_MEAN,
+    MNIST_STD as MNIST_STD,
+    mnist_offline_split as mnist_offline_split,
+    read_idx as read_idx,
+)
+from ._synthetic import synthetic_digits as synthetic_digits

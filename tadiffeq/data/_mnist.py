@@ -1,0 +1,93 @@
+"""The MNIST digits from the original IDX files, read offline."""
+
+import gzip
+import os
+import pathlib
+import struct
+
+import numpy as np
+
+
+_FILES = {
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+}
+#: The normalisation used for MNIST (mean and std of the training pixels).
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+def _open(path: pathlib.Path):
+    for candidate in (path, path.with_name(path.name + ".gz")):
+        if candidate.exists():
+            return gzip.open(candidate, "rb") if candidate.suffix == ".gz" else open(
+                candidate, "rb"
+            )
+    raise FileNotFoundError(f"No IDX file {path} (or {path}.gz).")
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Reads one IDX file (optionally gzip-compressed) into a NumPy array."""
+    with _open(pathlib.Path(path)) as f:
+        zero, dtype_code, ndim = struct.unpack(">HBB", f.read(4))
+        if zero != 0 or dtype_code != 0x08:
+            raise ValueError(f"{path}: not an unsigned-byte IDX file.")
+        shape = struct.unpack(">" + "I" * ndim, f.read(4 * ndim))
+        data = np.frombuffer(f.read(), dtype=np.uint8)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: expected {shape} values, got {data.size}.")
+    return data.reshape(shape)
+
+
+def default_mnist_dir() -> pathlib.Path | None:
+    """Where to look for the MNIST IDX files: `$TADIFFEQ_MNIST_DIR`, else
+    `../shared/data/mnist` relative to the working directory or to this checkout.
+    Returns `None` if none holds the test files."""
+    candidates = []
+    if os.environ.get("TADIFFEQ_MNIST_DIR"):
+        candidates.append(pathlib.Path(os.environ["TADIFFEQ_MNIST_DIR"]))
+    here = pathlib.Path(__file__).resolve()
+    for base in (pathlib.Path.cwd(), here.parents[2]):
+        candidates.append(base.parent / "shared" / "data" / "mnist")
+    for path in candidates:
+        if (path / (_FILES["test"][0] + ".gz")).exists() or (path / _FILES["test"][0]).exists():
+            return path
+    return None
+
+
+def load_mnist_idx(
+    directory: str | os.PathLike | None = None, split: str = "test"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reads MNIST images `(N, 28, 28)` uint8 and labels `(N,)` uint8 of `split`
+    ("test" or "train") from the IDX files in `directory` (default:
+    [`tadiffeq.data.default_mnist_dir`][])."""
+    if split not in _FILES:
+        raise ValueError(f"`split` must be 'test' or 'train', got {split!r}.")
+    if directory is None:
+        directory = default_mnist_dir()
+        if directory is None:
+            raise FileNotFoundError(
+                "No MNIST IDX files found; set TADIFFEQ_MNIST_DIR or pass `directory`."
+            )
+    directory = pathlib.Path(directory)
+    images = read_idx(directory / _FILES[split][0])
+    labels = read_idx(directory / _FILES[split][1])
+    if images.ndim != 3 or labels.shape != images.shape[:1]:
+        raise ValueError(
+            f"Inconsistent MNIST files: images {images.shape}, labels {labels.shape}."
+        )
+    return images, labels
+
+
+def mnist_offline_split(
+    directory: str | os.PathLike | None = None, num_train: int = 8000
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The fixed offline split of the 10k MNIST test set used by the experiments:
+    the first `num_train` (default 8,000) images for training, the rest (2,000) for
+    evaluation. Images are float32 `(N, 28, 28, 1)`, normalised with the MNIST mean
+    and std; labels int32."""
+    images, labels = load_mnist_idx(directory, "test")
+    if not 0 < num_train < len(images):
+        raise ValueError(f"`num_train` must be in (0, {len(images)}), got {num_train}.")
+    x = ((images.astype(np.float32) / 255.0 - MNIST_MEAN) / MNIST_STD)[..., None]
+    y = labels.astype(np.int32)
+    return {"train": (x[:num_train], y[:num_train]), "test": (x[num_train:], y[num_train:])}

@@ -1,0 +1,51 @@
+"""Fast smoke tests of every experiment script (the full runs are marked slow)."""
+
+import json
+import pathlib
+import sys
+
+import pytest
+
+
+EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
+
+
+def test_main_job_smoke(tmp_path, capsys):
+    import main
+
+    rows = main.main(
+        ["--data", "synthetic", "--norms", "tabn,minibatch", "--epochs", "1",
+         "--train-limit", "256", "--test-limit", "64", "--hidden", "16",
+         "--batch-size", "64", "--out", str(tmp_path)]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert "acc@batch2" in out and "tabn" in out and "minibatch" in out
+    saved = json.loads((tmp_path / "main.json").read_text())
+    assert [r["norm"] for r in saved["rows"]] == ["tabn", "minibatch"]
+    for r in rows:
+        assert 0.0 <= r["acc_b256"] <= 1.0 and r["test_nfe"] > 0
+
+
+def test_main_job_is_deterministic(tmp_path):
+    import main
+
+    args = ["--data", "synthetic", "--norms", "popti", "--epochs", "1",
+            "--train-limit", "128", "--test-limit", "32", "--hidden", "8",
+            "--batch-size", "32"]  # fmt: skip
+    a = main.main(args + ["--out", str(tmp_path / "a")])
+    b = main.main(args + ["--out", str(tmp_path / "b")])
+    assert a[0]["acc_b256"] == b[0]["acc_b256"]
+    assert a[0]["history"][0]["loss"] == b[0]["history"][0]["loss"]
+
+
+@pytest.mark.slow
+def test_main_job_full(tmp_path):
+    import main
+
+    rows = main.main(["--out", str(tmp_path)])
+    by = {r["norm"]: r for r in rows}
+    # Fig. 3 (left) of the paper: mini-batch BN loses accuracy at test batch 2,
+    # TA-BN keeps it.
+    assert by["minibatch"]["acc_b2"] < by["minibatch"]["acc_b256"] - 0.05
+    assert abs(by["tabn"]["acc_b2"] - by["tabn"]["acc_b256"]) < 1e-9

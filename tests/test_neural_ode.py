@@ -1,0 +1,220 @@
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tadiffeq as td
+
+
+def _mlp_node(norm, key, features=6, norm_kwargs=None, **kw):
+    def build(key):
+        field = td.MLPField(
+            features, (16,), norm=norm, norm_kwargs=norm_kwargs, activation="tanh",
+            key=key,
+        )  # fmt: skip
+        return td.NeuralODE(field, **kw)
+
+    return eqx.nn.make_with_state(build)(key)
+
+
+def _train_stats(node, state, key, steps=3):
+    """A few training-mode solves, so the running statistics are not at init."""
+    for i in range(steps):
+        x = jax.random.normal(jax.random.fold_in(key, i), (32, node.field.features))
+        _, state, _ = node(x + 0.5, state)
+    return state
+
+
+@pytest.mark.parametrize("norm", ["tabn", "popti", "tabn_gaussian", "none"])
+def test_inference_output_is_independent_of_batch(norm, getkey):
+    node, state = _mlp_node(norm, getkey())
+    state = _train_stats(node, state, getkey())
+    inf = eqx.filter_jit(eqx.nn.inference_mode(node))
+    x = jax.random.normal(getkey(), (256, 6))
+    y256, _, stats = inf(x, state)
+    y2, _, _ = inf(x[:2], state)
+    y1, _, _ = inf(x[:1], state)
+    np.testing.assert_allclose(y2, y256[:2], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y1, y256[:1], rtol=1e-5, atol=1e-6)
+    assert stats.num_steps.shape == (256,)  # each sample solved on its own
+
+
+def test_minibatch_inference_depends_on_batch(getkey):
+    node, state = _mlp_node("minibatch", getkey())
+    assert not node.per_sample_inference
+    inf = eqx.filter_jit(eqx.nn.inference_mode(node))
+    x = jax.random.normal(getkey(), (256, 6))
+    y256, _, stats = inf(x, state)
+    y2, _, _ = inf(x[:2], state)
+    assert stats.num_steps.shape == ()
+    assert not np.allclose(y2, y256[:2], atol=1e-3)
+
+
+def test_inference_leaves_state_unchanged(getkey):
+    node, state = _mlp_node("tabn", getkey())
+    state = _train_stats(node, state, getkey())
+    before = jax.tree.leaves(td.clone_state(state))
+    _, after, _ = eqx.nn.inference_mode(node)(jnp.ones((4, 6)), state)
+    for a, b in zip(before, jax.tree.leaves(after)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_training_updates_state_and_is_deterministic(getkey):
+    node, state = _mlp_node("tabn", getkey())
+    x = jax.random.normal(getkey(), (8, 6))
+    f = eqx.filter_jit(node)
+    y_a, s_a, st_a = f(x, td.clone_state(state))
+    y_b, s_b, _ = f(x, td.clone_state(state))
+    np.testing.assert_array_equal(y_a, y_b)
+    rm, _ = s_a.get(node.field.norms[0].state_index)
+    assert np.any(np.asarray(rm) != 0)
+    np.testing.assert_array_equal(rm, s_b.get(node.field.norms[0].state_index)[0])
+    assert int(st_a.num_fn_evals) == 3 + 6 * int(st_a.num_steps)
+
+
+def test_compiles_once_per_input_shape(getkey):
+    node, state = _mlp_node("tabn", getkey())
+
+    @eqx.filter_jit
+    @eqx.debug.assert_max_traces(max_traces=1)
+    def train(node, x, state):
+        return node(x, state)
+
+    @eqx.filter_jit
+    @eqx.debug.assert_max_traces(max_traces=1)
+    def evaluate(node, x, state):
+        return eqx.nn.inference_mode(node)(x, state)
+
+    x = jax.random.normal(getkey(), (8, 6))
+    for _ in range(3):
+        _, state, _ = train(node, x, state)
+        evaluate(node, x, state)
+    # New parameter values (same structure) do not retrace.
+    node2 = jax.tree.map(lambda a: a * 1.01 if eqx.is_inexact_array(a) else a, node)
+    train(node2, x, state)
+
+    @eqx.filter_jit
+    @eqx.debug.assert_max_traces(max_traces=2)
+    def train2(node, x, state):
+        return node(x, state)
+
+    for b in (8, 8, 16, 16):
+        _, state, _ = train2(node, jnp.ones((b, 6)), state)
+
+
+def test_max_steps_is_a_clear_error(getkey):
+    node, state = _mlp_node(
+        "tabn", getkey(), max_steps=2,
+        stepsize_controller=dfx.PIDController(rtol=1e-8, atol=1e-8),
+    )  # fmt: skip
+    with pytest.raises(Exception, match="maximum number of solver steps"):
+        jax.block_until_ready(eqx.filter_jit(node)(jnp.ones((4, 6)), state))
+
+
+def test_vmap_over_independent_batches(getkey):
+    node, state = _mlp_node("tabn", getkey())
+    xs = jax.random.normal(getkey(), (3, 8, 6))
+    ys, states, stats = jax.vmap(node, in_axes=(0, None))(xs, state)
+    assert stats.num_steps.shape == (3,)
+    for i in range(3):
+        y, s, _ = node(xs[i], td.clone_state(state))
+        np.testing.assert_allclose(ys[i], y, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            states.get(node.field.norms[0].state_index)[0][i],
+            s.get(node.field.norms[0].state_index)[0],
+            rtol=1e-4, atol=1e-6,
+        )  # fmt: skip
+
+
+def _loss(node, state, x):
+    y, _, _ = node(x, td.clone_state(state))
+    return jnp.sum(jnp.sin(y))
+
+
+def test_gradient_matches_finite_differences(getkey):
+    """Fixed-step dopri5: the gradient of the discrete solve is exact, check it."""
+    node, state = _mlp_node(
+        "tabn", getkey(), stepsize_controller=dfx.ConstantStepSize(), dt0=0.125
+    )
+    # Perturb the TA-BN affine so that the time-dependent path is exercised.
+    norm = node.field.norms[0]
+    gamma = 1 + 0.3 * jax.random.normal(getkey(), norm.weight.shape)
+    node = eqx.tree_at(lambda n: n.field.norms[0].weight, node, gamma)
+    x = jax.random.normal(getkey(), (6, 6))
+    grads = eqx.filter_grad(_loss)(node, state, x)
+    for path, idx in [
+        (lambda n: n.field.norms[0].weight, (40, 3)),
+        (lambda n: n.field.layers[0].weight, (2, 5)),
+        (lambda n: n.field.layers[1].bias, (1,)),
+    ]:
+        eps = 1e-2
+        leaf = path(node)
+        bump = jnp.zeros_like(leaf).at[idx].set(eps)
+        up = _loss(eqx.tree_at(path, node, leaf + bump), state, x)
+        down = _loss(eqx.tree_at(path, node, leaf - bump), state, x)
+        fd = (up - down) / (2 * eps)
+        np.testing.assert_allclose(path(grads)[idx], fd, rtol=2e-2, atol=1e-4)
+
+
+@pytest.mark.parametrize("norm", ["tabn_gaussian", "popti"])
+def test_backsolve_and_checkpoint_adjoints_agree(norm, getkey):
+    """Discretise-then-optimise (checkpointing) and optimise-then-discretise
+    (backsolve) agree when the forward solve resolves the TA-BN grid. (With a grid
+    finer than the solver's steps they differ on purpose for the grid affine: the
+    discrete solve only reads the grid points next to its stage times, so its exact
+    gradient is zero elsewhere, while the continuous adjoint integrates over all t.)"""
+    key = getkey()
+    ctrl = dfx.PIDController(rtol=1e-6, atol=1e-6)
+    grid = dict(num_intervals=4)
+    a, state = _mlp_node(norm, key, norm_kwargs=grid, stepsize_controller=ctrl)
+    b, _ = _mlp_node(
+        norm, key, norm_kwargs=grid, stepsize_controller=ctrl,
+        adjoint=dfx.BacksolveAdjoint(),
+    )
+    x = jax.random.normal(getkey(), (6, 6))
+    ga = eqx.filter_grad(_loss)(a, state, x)
+    gb = eqx.filter_grad(_loss)(b, state, x)
+    for u, v in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(u, v, rtol=2e-3, atol=2e-4)
+    # Both return the updated statistics of the forward solve.
+    _, sa, _ = a(x, td.clone_state(state))
+    _, sb, _ = b(x, td.clone_state(state))
+    for u, v in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)):
+        np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
+
+
+def test_saving_at_times(getkey):
+    node, state = _mlp_node("popti", getkey())
+    x = jax.random.normal(getkey(), (5, 6))
+    ts = jnp.array([0.0, 0.5, 1.0])
+    ys, _, _ = node(x, td.clone_state(state), ts=ts)
+    y1, _, _ = node(x, td.clone_state(state))
+    assert ys.shape == (3, 5, 6)
+    np.testing.assert_allclose(ys[0], x, atol=1e-6)
+    np.testing.assert_allclose(ys[-1], y1, rtol=1e-5, atol=1e-6)
+    inf = eqx.nn.inference_mode(node)
+    ys_i, _, _ = inf(x, state, ts=ts)
+    y1_i, _, _ = inf(x, state)
+    assert ys_i.shape == (3, 5, 6)
+    np.testing.assert_allclose(ys_i[-1], y1_i, rtol=1e-5, atol=1e-6)
+
+
+def test_neural_ode_errors(getkey):
+    field = td.MLPField(4, (8,), key=getkey())
+    with pytest.raises(ValueError, match="t0 < t1"):
+        td.NeuralODE(field, t0=1.0, t1=1.0)
+    with pytest.raises(ValueError, match="time grid covers"):
+        td.NeuralODE(field, t0=0.0, t1=2.0)
+    with pytest.raises(ValueError, match="no error estimate"):
+        td.NeuralODE(field, solver=dfx.Euler())
+    with pytest.raises(ValueError, match="needs an explicit `dt0`"):
+        td.NeuralODE(field, stepsize_controller=dfx.ConstantStepSize())
+    with pytest.raises(ValueError, match="max_steps"):
+        td.NeuralODE(field, max_steps=0)
+    node, state = eqx.nn.make_with_state(td.NeuralODE)(field)
+    with pytest.raises(TypeError, match="`x` must be a floating-point array"):
+        node(jnp.ones((3, 4), jnp.int32), state)
+    with pytest.raises(ValueError, match=r"shape \(batch, 4\)"):
+        node(jnp.ones((3, 5)), state)
