@@ -49,3 +49,16 @@ def test_main_job_full(tmp_path):
     # TA-BN keeps it.
     assert by["minibatch"]["acc_b2"] < by["minibatch"]["acc_b256"] - 0.05
     assert abs(by["tabn"]["acc_b2"] - by["tabn"]["acc_b256"]) < 1e-9
+
+
+def test_param_counts_smoke(capsys):
+    import param_counts
+
+    table = param_counts.main(["--num-intervals", "10"])
+    by = {r["field"]: r for r in table}
+    assert set(by) == set(param_counts.FIELDS)
+    assert by["unet"]["without_grid"] == 2_196_328  # the paper's "2.2M"
+    # Grid affine adds 2 * M * C per TA-BN layer (M = 10 here).
+    spec = [cout for _, cout, _ in __import__("tadiffeq").conv_field_spec(3, 6)[:-1]]
+    assert by["conv6"]["with_grid"] - by["conv6"]["without_grid"] == 2 * 10 * sum(spec)
+    assert "| unet |" in capsys.readouterr().out
