@@ -24,7 +24,10 @@ def load_image_data(name: str, seed: int = 0):
     if name == "auto":
         name = "mnist" if td.data.default_mnist_dir() is not None else "synthetic"
     if name == "mnist":
-        return mnist_offline_split(), "MNIST (offline 10k test set: first 8,000 train, last 2,000 test)"
+        return (
+            mnist_offline_split(),
+            "MNIST (offline 10k test set: first 8,000 train, last 2,000 test)",
+        )
     if name == "synthetic":
         return (
             synthetic_digits(seed=seed),
@@ -81,7 +84,9 @@ def build_classifier(cfg: ClassifierConfig, image_shape, num_classes, key):
             field = td.UNetField(c, norm=cfg.norm, norm_kwargs=norm_kwargs, key=k1)
         elif cfg.field.startswith("conv"):
             depth = int(cfg.field[4:])
-            field = td.ConvField(c, depth, norm=cfg.norm, norm_kwargs=norm_kwargs, key=k1)
+            field = td.ConvField(
+                c, depth, norm=cfg.norm, norm_kwargs=norm_kwargs, key=k1
+            )
         else:
             raise ValueError(f"Unknown field {cfg.field!r}.")
         node = td.NeuralODE(field, solver=solver, stepsize_controller=ctrl, dt0=dt0)
@@ -141,7 +146,9 @@ def train_classifier(cfg: ClassifierConfig, data, *, log=print, label=""):
     t_start = time.perf_counter()
     for epoch in range(cfg.epochs):
         losses, accs, nfes = [], [], []
-        batches = iterate_batches(x_train, y_train, cfg.batch_size, seed=cfg.seed + epoch)
+        batches = iterate_batches(
+            x_train, y_train, cfg.batch_size, seed=cfg.seed + epoch
+        )
         for xb, yb in batches:
             k = jax.random.fold_in(drop_key, step)
             model, opt_state, state, loss, acc, nfe = step_fn(
@@ -152,10 +159,11 @@ def train_classifier(cfg: ClassifierConfig, data, *, log=print, label=""):
             nfes.append(int(nfe))
             step += 1
             if step % 10 == 0 or step == steps_per_epoch * cfg.epochs:
+                total = steps_per_epoch * cfg.epochs
                 log(
-                    f"\r  {label} epoch {epoch + 1}/{cfg.epochs} step "
-                    f"{step}/{steps_per_epoch * cfg.epochs} loss {np.mean(losses[-10:]):.3f}"
-                    f" acc {np.mean(accs[-10:]):.3f} nfe {np.mean(nfes[-10:]):.1f}",
+                    f"\r  {label} epoch {epoch + 1}/{cfg.epochs} step {step}/{total} "
+                    f"loss {np.mean(losses[-10:]):.3f} acc {np.mean(accs[-10:]):.3f} "
+                    f"nfe {np.mean(nfes[-10:]):.1f}",
                     end="",
                 )
         history.append(
@@ -232,7 +240,13 @@ def print_table(rows: list[dict], columns: list[tuple[str, str]], file=None):
     ]
     widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
     for i, row in enumerate(cells):
-        print("  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths))), file=file)
+        print(
+            "  ".join(
+                c.rjust(w) if j else c.ljust(w)
+                for j, (c, w) in enumerate(zip(row, widths))
+            ),
+            file=file,
+        )
         if i == 0:
             print("  ".join("-" * w for w in widths), file=file)
 

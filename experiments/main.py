@@ -16,6 +16,7 @@ import pathlib
 import sys
 import time
 
+
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
@@ -30,14 +31,17 @@ from common import (  # noqa: E402
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="auto", choices=["auto", "mnist", "synthetic"])
+    parser.add_argument(
+        "--data", default="auto", choices=["auto", "mnist", "synthetic"]
+    )
     parser.add_argument("--norms", default="tabn,minibatch,popti,none",
                         help="comma-separated normalisation names")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--train-limit", type=int, default=None,
-                        help="use only this many training samples (smoke tests)")  # fmt: skip
+    parser.add_argument(
+        "--train-limit", type=int, default=None, help="use only this many samples"
+    )
     parser.add_argument("--test-limit", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/main")
@@ -49,7 +53,8 @@ def main(argv=None):
         data["train"] = tuple(a[: args.train_limit] for a in data["train"])
     if args.test_limit:
         data["test"] = tuple(a[: args.test_limit] for a in data["test"])
-    print(f"data: {description}; train {len(data['train'][1])}, test {len(data['test'][1])}")
+    n_train, n_test = len(data["train"][1]), len(data["test"][1])
+    print(f"data: {description}; train {n_train}, test {n_test}")
     rows = []
     for norm in args.norms.split(","):
         cfg = ClassifierConfig(
@@ -68,12 +73,16 @@ def main(argv=None):
             )
         )  # fmt: skip
     print()
-    print(f"Unmixed Neural ODE classifier (MLP field, hidden {args.hidden}), {description},")
+    print(f"Unmixed Neural ODE classifier, MLP field (hidden {args.hidden}),")
+    print(f"{description},")
     print(f"{args.epochs} epochs, batch {args.batch_size}, seed {args.seed}:")
     print_table(
         rows,
-        [("norm", "normalisation"), ("acc_b256", "acc@batch256"), ("acc_b2", "acc@batch2"),
-         ("test_nfe", "test NFE"), ("train_nfe", "train NFE"), ("train_s", "train s")],
+        [
+            ("norm", "normalisation"), ("acc_b256", "acc@batch256"),
+            ("acc_b2", "acc@batch2"), ("test_nfe", "test NFE"),
+            ("train_nfe", "train NFE"), ("train_s", "train s"),
+        ],
     )  # fmt: skip
     out = pathlib.Path(args.out) / "main.json"
     write_json(out, dict(data=description, seed=args.seed, rows=rows))

@@ -56,7 +56,8 @@ def main(argv=None):
           "| params, one affine per BN layer |")  # fmt: skip
     print("|---|---|---:|---:|")
     for r in table:
-        print(f"| {r['field']} | {r['input']} | {r['with_grid']:,} | {r['without_grid']:,} |")
+        counts = f"{r['with_grid']:,} | {r['without_grid']:,}"
+        print(f"| {r['field']} | {r['input']} | {counts} |")
     return table
 
 

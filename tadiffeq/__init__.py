@@ -25,7 +25,7 @@ from ._models.variants import (
 )
 from ._neural_ode import NeuralODE as NeuralODE, SolveStats as SolveStats
 from ._norm.base import AbstractNorm as AbstractNorm
-from ._norm.factory import NORM_NAMES as NORM_NAMES, make_norm as make_norm
+from ._norm.factory import make_norm as make_norm, NORM_NAMES as NORM_NAMES
 from ._norm.identity import NoNorm as NoNorm
 from ._norm.minibatch import MiniBatchNorm as MiniBatchNorm
 from ._norm.penalty import affine_penalty as affine_penalty

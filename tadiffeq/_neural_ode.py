@@ -12,7 +12,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PyTree, Shaped
 
 from ._norm.base import AbstractNorm
 from ._norm.tabn import TABatchNorm
-from ._solver.stateful import StatefulField, StatefulSolver, clone_state
+from ._solver.stateful import clone_state, StatefulField, StatefulSolver
 
 
 class SolveStats(eqx.Module):
@@ -130,7 +130,11 @@ class NeuralODE(eqx.Module):
             raise ValueError(f"`t0` and `t1` must be finite, got t0={t0}, t1={t1}.")
         if not t0 < t1:
             raise ValueError(f"Need `t0 < t1`, got t0={t0}, t1={t1}.")
-        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        if (
+            isinstance(max_steps, bool)
+            or not isinstance(max_steps, int)
+            or max_steps < 1
+        ):
             raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
         solver = dfx.Dopri5() if solver is None else solver
         StatefulSolver(solver)  # Raises a TypeError naming `solver` if unsupported.

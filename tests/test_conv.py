@@ -72,7 +72,9 @@ def test_conv2d_derivatives_equal_autodiff(mode, getkey):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     # Forward mode and second order work too (custom JVP, not VJP).
     t_ref = jax.jvp(plain, (x, w), (x, w))[1]
-    np.testing.assert_allclose(jax.jvp(ours, (x, w), (x, w))[1], t_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        jax.jvp(ours, (x, w), (x, w))[1], t_ref, rtol=1e-4, atol=1e-4
+    )
     hvp = jax.jvp(jax.grad(loss(ours), 1), (x, w), (jnp.zeros_like(x), w))[1]
     hvp_ref = jax.jvp(jax.grad(loss(plain), 1), (x, w), (jnp.zeros_like(x), w))[1]
     np.testing.assert_allclose(hvp, hvp_ref, rtol=1e-3, atol=1e-3)

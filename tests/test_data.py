@@ -36,7 +36,10 @@ def test_read_idx_roundtrip(tmp_path, compress):
     np.testing.assert_array_equal(x, images)
     np.testing.assert_array_equal(y, labels)
     split = mnist_offline_split(tmp_path, num_train=3)
-    assert split["train"][0].shape == (3, 28, 28, 1) and split["test"][1].tolist() == [3, 4]
+    assert split["train"][0].shape == (3, 28, 28, 1) and split["test"][1].tolist() == [
+        3,
+        4,
+    ]
     np.testing.assert_allclose(
         split["train"][0][0, ..., 0], (images[0] / 255 - 0.1307) / 0.3081, rtol=1e-5
     )

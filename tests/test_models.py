@@ -19,7 +19,9 @@ def test_conv_field_layers_and_shapes(depth, getkey):
     )
     spec = td.conv_field_spec(3, depth)
     assert len(field.blocks) == depth == len(spec)
-    assert [(b.conv.in_channels, b.conv.out_channels, b.conv.mode) for b in field.blocks] == spec
+    assert [
+        (b.conv.in_channels, b.conv.out_channels, b.conv.mode) for b in field.blocks
+    ] == spec
     # Every layer but the last has a normalisation; the last is a bare conv.
     assert all(b.norm is not None and b.activation for b in field.blocks[:-1])
     assert field.blocks[-1].norm is None and not field.blocks[-1].activation
@@ -142,7 +144,9 @@ def test_variants_train_in_a_neural_ode(variant, getkey):
     assert y.shape == (8, out_dim)
     if variant == "aug":
         assert float(jnp.abs(field.lift(x)[:, c:]).max()) == 0.0
-    grads = eqx.filter_grad(lambda n: jnp.sum(n(x, td.clone_state(state))[0] ** 2))(node)
+    grads = eqx.filter_grad(lambda n: jnp.sum(n(x, td.clone_state(state))[0] ** 2))(
+        node
+    )
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
 
 

@@ -170,7 +170,10 @@ def test_backsolve_and_checkpoint_adjoints_agree(norm, getkey):
     grid = dict(num_intervals=4)
     a, state = _mlp_node(norm, key, norm_kwargs=grid, stepsize_controller=ctrl)
     b, _ = _mlp_node(
-        norm, key, norm_kwargs=grid, stepsize_controller=ctrl,
+        norm,
+        key,
+        norm_kwargs=grid,
+        stepsize_controller=ctrl,
         adjoint=dfx.BacksolveAdjoint(),
     )
     x = jax.random.normal(getkey(), (6, 6))
@@ -218,3 +221,37 @@ def test_neural_ode_errors(getkey):
         node(jnp.ones((3, 4), jnp.int32), state)
     with pytest.raises(ValueError, match=r"shape \(batch, 4\)"):
         node(jnp.ones((3, 5)), state)
+
+
+def test_serialisation_keeps_tabn_statistics(tmp_path, getkey):
+    """The reference code loses TA-BN statistics on save; (model, state) round-trips
+    through equinox's serialisation here."""
+    node, state = _mlp_node("tabn", getkey())
+    state = _train_stats(node, state, getkey())
+    path = tmp_path / "model.eqx"
+    eqx.tree_serialise_leaves(path, (node, state))
+    fresh, fresh_state = _mlp_node("tabn", getkey())  # different init
+    loaded, loaded_state = eqx.tree_deserialise_leaves(path, (fresh, fresh_state))
+    x = jax.random.normal(getkey(), (4, 6))
+    inf = eqx.nn.inference_mode
+    a, _, _ = inf(node)(x, state)
+    b, _, _ = inf(loaded)(x, loaded_state)
+    np.testing.assert_array_equal(a, b)
+    rm = loaded_state.get(loaded.field.norms[0].state_index)[0]
+    assert np.any(np.asarray(rm) != 0)
+
+
+def test_float64(getkey):
+    with jax.enable_x64(True):
+        field = td.MLPField(
+            3, (8,), norm="tabn", norm_kwargs=dict(dtype=jnp.float64),
+            dtype=jnp.float64, key=getkey(),
+        )  # fmt: skip
+        node, state = eqx.nn.make_with_state(td.NeuralODE)(
+            field, stepsize_controller=dfx.PIDController(rtol=1e-9, atol=1e-9)
+        )
+        x = jax.random.normal(getkey(), (4, 3), dtype=jnp.float64)
+        y, state, stats = node(x, state)
+        assert y.dtype == jnp.float64
+        assert state.get(node.field.norms[0].state_index)[0].dtype == jnp.float64
+        assert int(stats.num_steps) > 5

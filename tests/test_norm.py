@@ -53,7 +53,9 @@ def test_tabn_inference_uses_interpolated_statistics(getkey):
     out, same = eqx.nn.inference_mode(norm)(1.25, x, state)
     m = 0.5 * rm[0] + 0.5 * rm[1]
     v = 0.5 * rv[0] + 0.5 * rv[1]
-    np.testing.assert_allclose(out, _np_norm(np.asarray(x), m, v, 1e-5, 1, 0), rtol=1e-5)
+    np.testing.assert_allclose(
+        out, _np_norm(np.asarray(x), m, v, 1e-5, 1, 0), rtol=1e-5
+    )
     assert same is state
     # Per-sample: the first row alone gives the same output.
     out1, _ = norm(1.25, x[:1], state, inference=True)
@@ -101,7 +103,9 @@ def test_popti_matches_hand_computation(getkey):
     out, state2 = norm(0.7, x, td.clone_state(state))
     xn = np.asarray(x).reshape(-1, 4)
     np.testing.assert_allclose(
-        out, _np_norm(np.asarray(x), xn.mean(0), xn.var(0), 1e-5, 1, 0), rtol=1e-4,
+        out,
+        _np_norm(np.asarray(x), xn.mean(0), xn.var(0), 1e-5, 1, 0),
+        rtol=1e-4,
         atol=1e-5,
     )
     rm, rv = state2.get(norm.state_index)
@@ -179,7 +183,8 @@ def test_affine_penalty_matches_hand_computation(getkey):
     pop = eqx.tree_at(lambda n: n.weight, pop, pw)
     tree = [tabn, td.NoNorm(3), pop, td.MiniBatchNorm(3)]
     expected = (
-        np.sum(np.mean((np.asarray(gw) - 1) ** 2, -1)) + np.sum(np.mean(np.asarray(gb) ** 2, -1))
+        np.sum(np.mean((np.asarray(gw) - 1) ** 2, -1))
+        + np.sum(np.mean(np.asarray(gb) ** 2, -1))
         + np.mean((np.asarray(pw) - 1) ** 2)
     )
     np.testing.assert_allclose(td.affine_penalty(tree, 0.1), 0.1 * expected, rtol=1e-5)

@@ -30,7 +30,9 @@ def test_matches_diffrax_solver_step_for_step(solver, getkey):
         saveat=dfx.SaveAt(ts=ts),
         stepsize_controller=dfx.PIDController(rtol=1e-5, atol=1e-5),
     )  # fmt: skip
-    ref = dfx.diffeqsolve(dfx.ODETerm(lambda t, y, a: field(t, y, None)[0]), solver, **kw)
+    ref = dfx.diffeqsolve(
+        dfx.ODETerm(lambda t, y, a: field(t, y, None)[0]), solver, **kw
+    )
     term = dfx.ODETerm(td.StatefulField(field, eqx.nn.State(field)))
     ours = dfx.diffeqsolve(term, td.StatefulSolver(solver), **kw)
     assert int(ours.stats["num_steps"]) == int(ref.stats["num_steps"])
@@ -61,7 +63,7 @@ def test_euler_buffers_equal_hand_computation(getkey):
     w2, b2 = np.asarray(field.lin2.weight, np.float64), np.asarray(field.lin2.bias)
     y = np.asarray(x, np.float64)
     rm, rv = np.zeros((3, 4)), np.ones((3, 4))
-    weights = {0.0: [1, 0, 0], 0.25: [.5, .5, 0], 0.5: [0, 1, 0], 0.75: [0, .5, .5]}
+    weights = {0.0: [1, 0, 0], 0.25: [0.5, 0.5, 0], 0.5: [0, 1, 0], 0.75: [0, 0.5, 0.5]}
     for t, w in weights.items():
         h = y @ w1[:-1] + t * w1[-1] + b1
         mean, var = h.mean(0), h.var(0)
@@ -118,7 +120,9 @@ def test_adaptive_buffers_replay_the_accepted_evaluations(solver, getkey):
     n, ts, ms, vs = (np.asarray(a) for a in new_state.get(field.recorder.index))
     s = td.StatefulSolver(solver).tableau.num_stages
     assert n == 1 + (s - 1) * accepted  # FSAL: first evaluation, then s - 1 per step
-    assert counter.count == int(stats.num_fn_evals) == 1 + (s - 1) * (accepted + rejected)
+    assert (
+        counter.count == int(stats.num_fn_evals) == 1 + (s - 1) * (accepted + rejected)
+    )
     # Accepted steps only, stages in order: the recorded times never go back.
     assert np.all(np.diff(ts[:n]) >= -1e-7)
     assert ts[0] == 0.0 and abs(ts[n - 1] - 1.0) < 1e-6
@@ -163,7 +167,9 @@ def test_initial_step_uses_pid_heuristic(getkey):
 
 
 def test_unsupported_solver_errors():
-    with pytest.raises(TypeError, match="`solver` must be diffrax.Euler or an explicit"):
+    with pytest.raises(
+        TypeError, match="`solver` must be diffrax.Euler or an explicit"
+    ):
         td.StatefulSolver(dfx.Kvaerno5())
     with pytest.raises(TypeError, match="`solver`"):
         td.NeuralODE(lambda t, y, s: (y, s), solver=dfx.ReversibleHeun())

@@ -60,7 +60,11 @@ class UnmixedClassifier(eqx.Module):
             raise ValueError(
                 f"`image_shape` must be (height, width, channels), got {image_shape}."
             )
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        if (
+            isinstance(num_classes, bool)
+            or not isinstance(num_classes, int)
+            or num_classes < 2
+        ):
             raise ValueError(f"`num_classes` must be an int >= 2, got {num_classes!r}.")
         lift = ode.field.lift if isinstance(ode.field, AbstractVectorField) else None
         x = jax.ShapeDtypeStruct((2, *image_shape), jnp.float32)

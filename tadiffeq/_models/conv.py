@@ -167,7 +167,10 @@ class TimeConv2d(eqx.Module):
     ):
         if mode not in _GEOMETRY:
             raise ValueError(f"`mode` must be one of {list(_GEOMETRY)}, got {mode!r}.")
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+        for name, value in (
+            ("in_channels", in_channels),
+            ("out_channels", out_channels),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
         dtype = jnp.float32 if dtype is None else dtype

@@ -23,7 +23,10 @@ class TimeLinear(eqx.Module):
     out_features: int = eqx.field(static=True)
 
     def __init__(self, in_features: int, out_features: int, *, key, dtype=None):
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
+        for name, value in (
+            ("in_features", in_features),
+            ("out_features", out_features),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
         dtype = jnp.float32 if dtype is None else dtype

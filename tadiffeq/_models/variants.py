@@ -39,7 +39,11 @@ class AugmentedField(AbstractVectorField):
     extra: int = eqx.field(static=True)
 
     def __check_init__(self):
-        if isinstance(self.extra, bool) or not isinstance(self.extra, int) or self.extra < 1:
+        if (
+            isinstance(self.extra, bool)
+            or not isinstance(self.extra, int)
+            or self.extra < 1
+        ):
             raise ValueError(f"`extra` must be a positive int, got {self.extra!r}.")
 
     def lift(self, x: Float[Array, "batch *shape"]) -> Float[Array, "batch *aug"]:
@@ -69,7 +73,9 @@ class HeavyBallField(AbstractVectorField):
     gamma: Float[Array, ""]
     channels: int = eqx.field(static=True)
 
-    def __init__(self, field: AbstractVectorField, channels: int, *, gamma: float = 0.0):
+    def __init__(
+        self, field: AbstractVectorField, channels: int, *, gamma: float = 0.0
+    ):
         self.field = field
         self.gamma = jnp.asarray(gamma, jnp.float32)
         self.channels = channels

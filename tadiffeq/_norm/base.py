@@ -88,7 +88,9 @@ def check_num_features(cls_name: str, num_features: int) -> None:
             f"{cls_name}: `num_features` must be an int, got {num_features!r}."
         )
     if num_features < 1:
-        raise ValueError(f"{cls_name}: `num_features` must be >= 1, got {num_features}.")
+        raise ValueError(
+            f"{cls_name}: `num_features` must be >= 1, got {num_features}."
+        )
 
 
 def check_momentum_eps(cls_name: str, momentum: float, eps: float) -> None:
@@ -141,5 +143,7 @@ def normalise(
     shift = -mean * scale
     if bias is not None:
         shift = shift + bias
-    out = x * scale.reshape(shape).astype(x.dtype) + shift.reshape(shape).astype(x.dtype)
+    out = x * scale.reshape(shape).astype(x.dtype) + shift.reshape(shape).astype(
+        x.dtype
+    )
     return out

@@ -40,7 +40,10 @@ def _none(num_features, *, channel_axis, **kw):
 _GRID_KEYS = ("t0", "t1", "num_intervals", "kernel_width")
 _MAKERS: dict[str, tuple[Callable[..., AbstractNorm], tuple[str, ...]]] = {
     # name: (constructor, the keyword arguments it takes)
-    "tabn": (_tabn("linear"), _GRID_KEYS + ("momentum", "eps", "channel_axis", "dtype")),
+    "tabn": (
+        _tabn("linear"),
+        _GRID_KEYS + ("momentum", "eps", "channel_axis", "dtype"),
+    ),
     "tabn_nearest": (
         _tabn("nearest"),
         _GRID_KEYS + ("momentum", "eps", "channel_axis", "dtype"),
@@ -106,7 +109,9 @@ def make_norm(
 NormSpec = str | Callable[[int], AbstractNorm]
 
 
-def resolve_norm(norm: NormSpec, num_features: int, norm_kwargs: dict | None) -> AbstractNorm:
+def resolve_norm(
+    norm: NormSpec, num_features: int, norm_kwargs: dict | None
+) -> AbstractNorm:
     """A layer from a name (with `norm_kwargs` for `make_norm`) or from a callable
     `num_features -> AbstractNorm`."""
     if isinstance(norm, str):

@@ -97,7 +97,9 @@ class PopTIBatchNorm(AbstractNorm):
         mean, var, count = batch_moments(x, axis)
         out = normalise(x, axis, mean, var, self.eps, self.weight, self.bias)
         batch_mean = jax.lax.stop_gradient(mean).astype(running_mean.dtype)
-        batch_var = jax.lax.stop_gradient(unbiased("PopTIBatchNorm", var, count, x.shape))
+        batch_var = jax.lax.stop_gradient(
+            unbiased("PopTIBatchNorm", var, count, x.shape)
+        )
         m = self.momentum
         new = (
             running_mean + m * (batch_mean - running_mean),

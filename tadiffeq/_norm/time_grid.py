@@ -117,7 +117,9 @@ class GaussianTimeGrid(AbstractTimeGrid):
     name: ClassVar[str] = "gaussian"
 
     def __check_init__(self):
-        if self.width is not None and not (self.width > 0 and math.isfinite(self.width)):
+        if self.width is not None and not (
+            self.width > 0 and math.isfinite(self.width)
+        ):
             raise ValueError(f"`width` must be a positive float, got {self.width}.")
 
     def weights(self, t: ArrayLike) -> Float[Array, " points"]:

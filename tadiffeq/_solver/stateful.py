@@ -30,7 +30,6 @@ from typing import Any, ClassVar
 import diffrax as dfx
 import equinox as eqx
 import equinox.internal as eqxi
-import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -132,7 +131,10 @@ def _tableau_of(solver: dfx.AbstractSolver) -> _Tableau:
         a[i + 1, : len(row)] = row
     c = np.concatenate([[0.0], np.asarray(tableau.c, dtype=float)])
     return _Tableau(
-        _tuple(c), _tuple(a), _tuple(tableau.b_sol), _tuple(tableau.b_error),
+        _tuple(c),
+        _tuple(a),
+        _tuple(tableau.b_sol),
+        _tuple(tableau.b_error),
         bool(tableau.fsal),
     )
 
@@ -255,9 +257,18 @@ class StatefulSolver(dfx.AbstractAdaptiveSolver):
             def body(carry, xs):
                 ks, state, _ = carry
                 i, a_row, c_i = xs
-                z = _add(y0, jtu.tree_map(
-                    lambda k: jnp.tensordot(a_row.astype(k.dtype), k, axes=1,
-                                            precision=lax.Precision.HIGHEST), ks))
+                z = _add(
+                    y0,
+                    jtu.tree_map(
+                        lambda k: jnp.tensordot(
+                            a_row.astype(k.dtype),
+                            k,
+                            axes=1,
+                            precision=lax.Precision.HIGHEST,
+                        ),
+                        ks,
+                    ),
+                )
                 k, f, state = evaluate(t0 + c_i * dt, z, state)
                 ks = jtu.tree_map(lambda kk, ki: kk.at[i].set(ki), ks, k)
                 return (ks, state, f if fsal else None), None

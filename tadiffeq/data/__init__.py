@@ -5,8 +5,8 @@ from ._mnist import (
     default_mnist_dir as default_mnist_dir,
     load_mnist_idx as load_mnist_idx,
     MNIST_MEAN as MNIST_MEAN,
-    MNIST_STD as MNIST_STD,
     mnist_offline_split as mnist_offline_split,
+    MNIST_STD as MNIST_STD,
     read_idx as read_idx,
 )
 from ._synthetic import synthetic_digits as synthetic_digits

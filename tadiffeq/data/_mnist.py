@@ -19,8 +19,10 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 def _open(path: pathlib.Path):
     for candidate in (path, path.with_name(path.name + ".gz")):
         if candidate.exists():
-            return gzip.open(candidate, "rb") if candidate.suffix == ".gz" else open(
-                candidate, "rb"
+            return (
+                gzip.open(candidate, "rb")
+                if candidate.suffix == ".gz"
+                else open(candidate, "rb")
             )
     raise FileNotFoundError(f"No IDX file {path} (or {path}.gz).")
 
@@ -49,7 +51,9 @@ def default_mnist_dir() -> pathlib.Path | None:
     for base in (pathlib.Path.cwd(), here.parents[2]):
         candidates.append(base.parent / "shared" / "data" / "mnist")
     for path in candidates:
-        if (path / (_FILES["test"][0] + ".gz")).exists() or (path / _FILES["test"][0]).exists():
+        if (path / (_FILES["test"][0] + ".gz")).exists() or (
+            path / _FILES["test"][0]
+        ).exists():
             return path
     return None
 
@@ -90,4 +94,7 @@ def mnist_offline_split(
         raise ValueError(f"`num_train` must be in (0, {len(images)}), got {num_train}.")
     x = ((images.astype(np.float32) / 255.0 - MNIST_MEAN) / MNIST_STD)[..., None]
     y = labels.astype(np.int32)
-    return {"train": (x[:num_train], y[:num_train]), "test": (x[num_train:], y[num_train:])}
+    return {
+        "train": (x[:num_train], y[:num_train]),
+        "test": (x[num_train:], y[num_train:]),
+    }
