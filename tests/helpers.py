@@ -79,3 +79,14 @@ class CallCounter:
 
     def __call__(self, y):
         jax.debug.callback(self._inc, y[0, 0])
+
+
+def counted_recorded_field(counter: CallCounter) -> type[RecordedField]:
+    """A `RecordedField` subclass whose every evaluation bumps `counter`."""
+
+    class Counted(RecordedField):
+        def __call__(self, t, y, state):
+            counter(y)
+            return super().__call__(t, y, state)
+
+    return Counted

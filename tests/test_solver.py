@@ -4,7 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import CallCounter, RecordedField, replay_tabn
+from helpers import (
+    CallCounter,
+    counted_recorded_field,
+    RecordedField,
+    replay_tabn,
+)
 
 import tadiffeq as td
 
@@ -100,12 +105,7 @@ def test_adaptive_buffers_replay_the_accepted_evaluations(solver, getkey):
     """For dopri5/tsit5 the buffers equal the updates of exactly the evaluations of
     accepted steps (and the first FSAL one), applied in order, at their times."""
     counter = CallCounter()
-
-    class Counted(RecordedField):
-        def __call__(self, t, y, state):
-            counter(y)
-            return super().__call__(t, y, state)
-
+    Counted = counted_recorded_field(counter)
     field, state = eqx.nn.make_with_state(Counted)(
         3, 8, td.TABatchNorm(8, num_intervals=20), key=getkey(), scale=6.0
     )
@@ -139,12 +139,7 @@ def test_adaptive_buffers_replay_the_accepted_evaluations(solver, getkey):
 
 def test_nfe_includes_initial_step_heuristic(getkey):
     counter = CallCounter()
-
-    class Counted(RecordedField):
-        def __call__(self, t, y, state):
-            counter(y)
-            return super().__call__(t, y, state)
-
+    Counted = counted_recorded_field(counter)
     field, state = eqx.nn.make_with_state(Counted)(
         3, 8, td.PopTIBatchNorm(8), key=getkey()
     )

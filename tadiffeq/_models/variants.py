@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from .._misc import check_positive_int
 from .field import AbstractVectorField
 
 
@@ -39,12 +40,7 @@ class AugmentedField(AbstractVectorField):
     extra: int = eqx.field(static=True)
 
     def __check_init__(self):
-        if (
-            isinstance(self.extra, bool)
-            or not isinstance(self.extra, int)
-            or self.extra < 1
-        ):
-            raise ValueError(f"`extra` must be a positive int, got {self.extra!r}.")
+        check_positive_int("extra", self.extra, owner="AugmentedField")
 
     def lift(self, x: Float[Array, "batch *shape"]) -> Float[Array, "batch *aug"]:
         y = self.field.lift(x)
@@ -54,7 +50,23 @@ class AugmentedField(AbstractVectorField):
         return self.field(t, y, state)
 
 
-class HeavyBallField(AbstractVectorField):
+class _PositionVelocityField(AbstractVectorField):
+    """A state (position, velocity) stacked on the last axis: `lift` sets the
+    position to the inner field's `lift` of the input and the velocity to zero;
+    `readout` returns the position."""
+
+    field: eqx.AbstractVar[AbstractVectorField]
+    channels: eqx.AbstractVar[int]
+
+    def lift(self, x: Array) -> Array:
+        pos = self.field.lift(x)
+        return jnp.concatenate([pos, jnp.zeros_like(pos)], axis=-1)
+
+    def readout(self, y: Array) -> Array:
+        return _split(y, self.channels)[0]
+
+
+class HeavyBallField(_PositionVelocityField):
     """HBNODE (Xia et al. 2021), the heavy-ball Neural ODE: state (h, m),
 
         dh/dt = m,    dm/dt = f(t, h) - sigmoid(gamma) m
@@ -80,13 +92,6 @@ class HeavyBallField(AbstractVectorField):
         self.gamma = jnp.asarray(gamma, jnp.float32)
         self.channels = channels
 
-    def lift(self, x: Array) -> Array:
-        h = self.field.lift(x)
-        return jnp.concatenate([h, jnp.zeros_like(h)], axis=-1)
-
-    def readout(self, y: Array) -> Array:
-        return _split(y, self.channels)[0]
-
     def __call__(self, t: ArrayLike, y: Array, state: eqx.nn.State):
         h, m = _split(y, self.channels)
         f, state = self.field(t, h, state)
@@ -94,7 +99,7 @@ class HeavyBallField(AbstractVectorField):
         return jnp.concatenate([m, f - damping * m], axis=-1), state
 
 
-class SecondOrderField(AbstractVectorField):
+class SecondOrderField(_PositionVelocityField):
     """SONODE (Norcliffe et al. 2020), a second-order Neural ODE: state (y, v),
 
         dy/dt = v,    dv/dt = f(t, [y, v])
@@ -111,13 +116,6 @@ class SecondOrderField(AbstractVectorField):
 
     field: AbstractVectorField
     channels: int = eqx.field(static=True)
-
-    def lift(self, x: Array) -> Array:
-        y = self.field.lift(x)
-        return jnp.concatenate([y, jnp.zeros_like(y)], axis=-1)
-
-    def readout(self, y: Array) -> Array:
-        return _split(y, self.channels)[0]
 
     def __call__(self, t: ArrayLike, y: Array, state: eqx.nn.State):
         pos, vel = _split(y, self.channels)

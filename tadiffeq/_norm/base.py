@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Shaped
 
+from .._misc import check_positive_int
+
 
 class AbstractNorm(eqx.Module):
     """Base class of the normalisation layers used inside vector fields.
@@ -83,14 +85,7 @@ class AbstractNorm(eqx.Module):
 
 
 def check_num_features(cls_name: str, num_features: int) -> None:
-    if isinstance(num_features, bool) or not isinstance(num_features, int):
-        raise TypeError(
-            f"{cls_name}: `num_features` must be an int, got {num_features!r}."
-        )
-    if num_features < 1:
-        raise ValueError(
-            f"{cls_name}: `num_features` must be >= 1, got {num_features}."
-        )
+    check_positive_int("num_features", num_features, owner=cls_name)
 
 
 def check_momentum_eps(cls_name: str, momentum: float, eps: float) -> None:
@@ -98,6 +93,22 @@ def check_momentum_eps(cls_name: str, momentum: float, eps: float) -> None:
         raise ValueError(f"{cls_name}: `momentum` must be in [0, 1], got {momentum}.")
     if not eps > 0.0:
         raise ValueError(f"{cls_name}: `eps` must be positive, got {eps}.")
+
+
+def init_affine(
+    shape: tuple[int, ...], affine: bool, dtype
+) -> tuple[Array | None, Array | None]:
+    """(weight, bias) initialised to ones and zeros of `shape`, or `(None, None)`."""
+    if not affine:
+        return None, None
+    dtype = jnp.float32 if dtype is None else dtype
+    return jnp.ones(shape, dtype), jnp.zeros(shape, dtype)
+
+
+def init_running_statistics(shape: tuple[int, ...], dtype) -> eqx.nn.StateIndex:
+    """A state index holding `(running_mean, running_var)` = (zeros, ones)."""
+    dtype = jnp.float32 if dtype is None else dtype
+    return eqx.nn.StateIndex((jnp.zeros(shape, dtype), jnp.ones(shape, dtype)))
 
 
 def batch_moments(

@@ -3,7 +3,6 @@
 from typing import ClassVar
 
 import equinox as eqx
-import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Shaped
 
 from .base import (
@@ -11,6 +10,7 @@ from .base import (
     batch_moments,
     check_momentum_eps,
     check_num_features,
+    init_affine,
     normalise,
 )
 
@@ -53,10 +53,8 @@ class MiniBatchNorm(AbstractNorm):
     ):
         check_num_features("MiniBatchNorm", num_features)
         check_momentum_eps("MiniBatchNorm", 0.0, eps)
-        dtype = jnp.float32 if dtype is None else dtype
         self.num_features = num_features
-        self.weight = jnp.ones(num_features, dtype) if affine else None
-        self.bias = jnp.zeros(num_features, dtype) if affine else None
+        self.weight, self.bias = init_affine((num_features,), affine, dtype)
         self.eps = eps
         self.channel_axis = channel_axis
         self.inference = inference

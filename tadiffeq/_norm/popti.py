@@ -4,7 +4,6 @@ from typing import ClassVar
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Shaped
 
 from .base import (
@@ -12,6 +11,8 @@ from .base import (
     batch_moments,
     check_momentum_eps,
     check_num_features,
+    init_affine,
+    init_running_statistics,
     normalise,
     unbiased,
 )
@@ -66,13 +67,9 @@ class PopTIBatchNorm(AbstractNorm):
     ):
         check_num_features("PopTIBatchNorm", num_features)
         check_momentum_eps("PopTIBatchNorm", momentum, eps)
-        dtype = jnp.float32 if dtype is None else dtype
         self.num_features = num_features
-        self.weight = jnp.ones(num_features, dtype) if affine else None
-        self.bias = jnp.zeros(num_features, dtype) if affine else None
-        self.state_index = eqx.nn.StateIndex(
-            (jnp.zeros(num_features, dtype), jnp.ones(num_features, dtype))
-        )
+        self.weight, self.bias = init_affine((num_features,), affine, dtype)
+        self.state_index = init_running_statistics((num_features,), dtype)
         self.momentum = momentum
         self.eps = eps
         self.channel_axis = channel_axis

@@ -4,7 +4,6 @@ from typing import ClassVar
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Shaped
 
 from .base import (
@@ -12,6 +11,8 @@ from .base import (
     batch_moments,
     check_momentum_eps,
     check_num_features,
+    init_affine,
+    init_running_statistics,
     normalise,
     unbiased,
 )
@@ -119,15 +120,11 @@ class TABatchNorm(AbstractNorm):
                 num_intervals=num_intervals,
                 width=kernel_width,
             )
-        dtype = jnp.float32 if dtype is None else dtype
         shape = (grid.num_points, num_features)
         self.num_features = num_features
         self.grid = grid
-        self.weight = jnp.ones(shape, dtype) if affine else None
-        self.bias = jnp.zeros(shape, dtype) if affine else None
-        self.state_index = eqx.nn.StateIndex(
-            (jnp.zeros(shape, dtype), jnp.ones(shape, dtype))
-        )
+        self.weight, self.bias = init_affine(shape, affine, dtype)
+        self.state_index = init_running_statistics(shape, dtype)
         self.momentum = momentum
         self.eps = eps
         self.channel_axis = channel_axis
