@@ -38,6 +38,35 @@ from ._norm.time_grid import (
     make_time_grid as make_time_grid,
     NearestTimeGrid as NearestTimeGrid,
 )
+from ._regularizers.base import (
+    AbstractRegularizer as AbstractRegularizer,
+    Plan as Plan,
+    SolveResult as SolveResult,
+)
+from ._regularizers.global_ import GlobalRegularizer as GlobalRegularizer
+from ._regularizers.kinetic import RNODE as RNODE
+from ._regularizers.local import (
+    local_step_estimate as local_step_estimate,
+    LocalRegularizer as LocalRegularizer,
+)
+from ._regularizers.schedule import regularization_schedule as regularization_schedule
+from ._regularizers.steer import STEER as STEER
+from ._regularizers.taylor import (
+    TayNODE as TayNODE,
+    total_derivatives as total_derivatives,
+)
+from ._solver.estimates import (
+    real_stability_boundary as real_stability_boundary,
+    scaled_error as scaled_error,
+    stiffness_estimate as stiffness_estimate,
+)
+from ._solver.observers import (
+    AbstractStepObserver as AbstractStepObserver,
+    StepAccumulator as StepAccumulator,
+    StepInfo as StepInfo,
+    StepReservoir as StepReservoir,
+    TimeProbe as TimeProbe,
+)
 from ._solver.stateful import (
     clone_state as clone_state,
     StatefulField as StatefulField,

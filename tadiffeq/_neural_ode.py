@@ -8,15 +8,16 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-from jaxtyping import Array, ArrayLike, Float, Int, PyTree, Shaped
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree, Shaped
 
 from ._norm.base import AbstractNorm
 from ._norm.tabn import TABatchNorm
+from ._regularizers.base import AbstractRegularizer, Plan, SolveResult
 from ._solver.stateful import clone_state, StatefulField, StatefulSolver
 
 
 class SolveStats(eqx.Module):
-    """What a solve cost.
+    """What a solve cost, and its regularization.
 
     Scalars for a batch solved as one system; shape `(batch,)` when every sample was
     solved on its own (inference mode with batch-independent normalisation).
@@ -27,12 +28,18 @@ class SolveStats(eqx.Module):
       initial step-size heuristic's two (adaptive controllers with `dt0=None`) and an
       FSAL method's first evaluation. Evaluations of a backward (adjoint) pass are not
       included.
+    - `num_regularizer_evals`: extra evaluations made by the regularizer (e.g. the
+      local regularizer's step); the training solve's total is the sum of the two.
+    - `regularization`: the regularizer's value (0 without one), differentiable: add
+      it, weighted, to the loss.
     """
 
     num_steps: Int[Array, "*batch"]
     num_accepted_steps: Int[Array, "*batch"]
     num_rejected_steps: Int[Array, "*batch"]
     num_fn_evals: Int[Array, "*batch"]
+    num_regularizer_evals: Int[Array, "*batch"]
+    regularization: Float[Array, "*batch"]
 
 
 def _is_norm(x) -> bool:
@@ -41,6 +48,16 @@ def _is_norm(x) -> bool:
 
 def _norm_layers(tree) -> list[AbstractNorm]:
     return [x for x in jtu.tree_leaves(tree, is_leaf=_is_norm) if _is_norm(x)]
+
+
+def _with_norm(controller, restrict):
+    """`controller` whose (PID) error norm is `restrict(norm)`."""
+    if isinstance(controller, dfx.PIDController):
+        return eqx.tree_at(lambda c: c.norm, controller, restrict(controller.norm))
+    inner = getattr(controller, "controller", None)
+    if inner is None:
+        return controller  # Not adaptive: no error norm to restrict.
+    return eqx.tree_at(lambda c: c.controller, controller, _with_norm(inner, restrict))
 
 
 def _uses_pid_heuristic(controller) -> bool:
@@ -195,6 +212,8 @@ class NeuralODE(eqx.Module):
         state: eqx.nn.State,
         *,
         ts: Float[ArrayLike, " times"] | None = None,
+        regularizer: AbstractRegularizer | None = None,
+        key: PRNGKeyArray | None = None,
     ) -> tuple[PyTree[Array], eqx.nn.State, SolveStats]:
         """Solves from `x` at `t0`.
 
@@ -205,6 +224,9 @@ class NeuralODE(eqx.Module):
         - `state`: the `eqx.nn.State` holding the normalisation statistics.
         - `ts`: optional increasing times in `[t0, t1]` at which to return the
           solution; default: only `t1`.
+        - `regularizer`: an optional [`tadiffeq.AbstractRegularizer`][] for this
+          (training) solve; its value is `stats.regularization`.
+        - `key`: a PRNG key for regularizers that sample (local, RNODE, STEER).
 
         **Returns:** `(y, state, stats)`: the field's `readout` of y(t1) (or of the
         solution at every time in `ts`, stacked on a leading axis), the updated state
@@ -215,7 +237,10 @@ class NeuralODE(eqx.Module):
             ts = jnp.asarray(ts)
             if ts.ndim != 1 or ts.shape[0] < 1:
                 raise ValueError(f"`ts` must be a non-empty 1-D array, got {ts.shape}.")
-        if self.inference and self.per_sample_inference:
+        per_sample = self.inference and self.per_sample_inference
+        if regularizer is not None:
+            self._check_regularizer(regularizer, key, per_sample, ts)
+        if per_sample:
             # Each sample as a batch of one, with its own step sizes.
             solve = lambda y: self._solve(jtu.tree_map(lambda a: a[None], y), state, ts)
             ys, _, stats = jax.vmap(solve)(y0)
@@ -225,8 +250,30 @@ class NeuralODE(eqx.Module):
                 ys = jtu.tree_map(lambda a: jnp.swapaxes(a[:, :, 0], 0, 1), ys)
             new_state = state
         else:
-            ys, new_state, stats = self._solve(y0, state, ts)
+            ys, new_state, stats = self._solve(y0, state, ts, regularizer, key)
         return self._readout(ys), new_state, stats
+
+    def _check_regularizer(self, regularizer, key, per_sample, ts):
+        if not isinstance(regularizer, AbstractRegularizer):
+            raise TypeError(
+                "`regularizer` must be a tadiffeq.AbstractRegularizer, got "
+                f"{type(regularizer).__name__}."
+            )
+        if per_sample:
+            raise ValueError(
+                "`regularizer` applies to training solves (the batch as one system); "
+                "this node is in inference mode with per-sample solves."
+            )
+        if regularizer.needs_key and key is None:
+            raise ValueError(
+                f"{type(regularizer).__name__} samples at random: pass `key=`."
+            )
+        if regularizer.through_solve and isinstance(self.adjoint, dfx.BacksolveAdjoint):
+            raise ValueError(
+                f"{type(regularizer).__name__} is differentiated through the solver's "
+                "internal state, which `BacksolveAdjoint` cannot do; use "
+                "`adjoint=diffrax.RecursiveCheckpointAdjoint()`."
+            )
 
     def _lift(self, x):
         for leaf in jtu.tree_leaves(x):
@@ -245,11 +292,18 @@ class NeuralODE(eqx.Module):
         readout = getattr(self.field, "readout", None)
         return ys if readout is None else readout(ys)
 
-    def _solve(self, y0, state, ts):
-        solver = StatefulSolver(self.solver)
-        term = dfx.ODETerm(StatefulField(self.field, state))
-        controller = self.stepsize_controller
-        t0, t1 = self.t0, self.t1
+    def _solve(self, y0, state, ts, regularizer=None, key=None):
+        plan = Plan() if regularizer is None else regularizer.plan(self, y0, key)
+        field, y_init, controller = self.field, y0, self.stepsize_controller
+        if plan.augment is not None:
+            field, y_init, restrict = plan.augment(self.field, y0)
+            controller = _with_norm(controller, restrict)
+        t0 = self.t0
+        t1 = self.t1 if plan.t1 is None else plan.t1
+        if plan.t1 is not None and ts is not None:
+            raise ValueError("`ts` cannot be combined with a random end time (STEER).")
+        solver = StatefulSolver(self.solver, plan.observers)
+        term = dfx.ODETerm(StatefulField(field, state))
         num_heuristic = 0
         dt0 = self.dt0
         if dt0 is None:
@@ -257,7 +311,7 @@ class NeuralODE(eqx.Module):
             # which silently replaces the initial-step heuristic by dt0 = 0.01. Run the
             # heuristic on the unwrapped term ourselves.
             tnext, _ = controller.init(
-                term, t0, t1, y0, None, None, solver.func, solver.error_order(term)
+                term, t0, t1, y_init, None, None, solver.func, solver.error_order(term)
             )
             dt0 = jax.lax.stop_gradient(tnext - t0)
             num_heuristic = 2 if _uses_pid_heuristic(controller) else 0
@@ -271,7 +325,7 @@ class NeuralODE(eqx.Module):
             t0,
             t1,
             dt0,
-            y0,
+            y_init,
             saveat=saveat,
             stepsize_controller=controller,
             adjoint=self.adjoint,
@@ -280,13 +334,22 @@ class NeuralODE(eqx.Module):
         ys = sol.ys
         if ts is None:
             ys = jtu.tree_map(lambda a: a[0], ys)
-        _, new_state = sol.solver_state
+        _, new_state, observed = sol.solver_state
         new_state = jax.lax.stop_gradient(clone_state(new_state))
+        value, extra = jnp.zeros((), jnp.result_type(float)), 0
+        if regularizer is not None:
+            y_end = ys if ts is None else jtu.tree_map(lambda a: a[-1], ys)
+            result = SolveResult(plan=plan, y1=y_end, observed=observed, state=state)
+            value, extra = regularizer.finish(self, result)
+        if plan.augment is not None:
+            ys = ys[0]
         num_steps = sol.stats["num_steps"]
         stats = SolveStats(
             num_steps=num_steps,
             num_accepted_steps=sol.stats["num_accepted_steps"],
             num_rejected_steps=sol.stats["num_rejected_steps"],
             num_fn_evals=solver.num_evaluations(num_steps) + num_heuristic,
+            num_regularizer_evals=jnp.asarray(extra, num_steps.dtype),
+            regularization=jnp.asarray(value),
         )
         return ys, new_state, stats

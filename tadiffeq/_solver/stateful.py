@@ -24,8 +24,8 @@ Design decisions (documented in the user guide as well):
   stage of the next and is counted once.
 """
 
-from collections.abc import Callable
-from typing import Any, ClassVar
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import diffrax as dfx
 import equinox as eqx
@@ -35,6 +35,14 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, PyTree
+
+from .observers import AbstractStepObserver, StepInfo
+
+
+try:  # The adjoint ODE's term of BacksolveAdjoint (not exported by diffrax).
+    from diffrax._term import AdjointTerm as _AdjointTerm
+except ImportError:  # pragma: no cover
+    _AdjointTerm = ()
 
 
 def clone_state(state: eqx.nn.State) -> eqx.nn.State:
@@ -67,15 +75,25 @@ class StatefulField(eqx.Module):
         return self.field(t, y, clone_state(state))
 
 
+def _unwrap(terms) -> tuple[Any, Any]:
+    """`terms` without diffrax's time-direction wrapper, and the direction."""
+    if not isinstance(terms, dfx.ODETerm) and hasattr(terms, "direction"):
+        return terms.term, terms.direction
+    return terms, 1
+
+
 def _find_stateful(terms) -> tuple[StatefulField | None, Any]:
     """The `StatefulField` inside `terms` (an `ODETerm`, possibly wrapped in diffrax's
     time-direction wrapper) and the direction, or `(None, 1)` for any other term."""
-    inner, direction = terms, 1
-    if not isinstance(inner, dfx.ODETerm) and hasattr(inner, "direction"):
-        inner, direction = inner.term, inner.direction
+    inner, direction = _unwrap(terms)
     if isinstance(inner, dfx.ODETerm) and isinstance(inner.vector_field, StatefulField):
         return inner.vector_field, direction
     return None, 1
+
+
+def _is_adjoint(terms) -> bool:
+    """Whether `terms` is the backward (adjoint) ODE of `BacksolveAdjoint`."""
+    return isinstance(_unwrap(terms)[0], _AdjointTerm)
 
 
 class _Tableau(eqx.Module):
@@ -153,31 +171,119 @@ def _add(y: PyTree[Array], dy: PyTree[Array]) -> PyTree[Array]:
     return jtu.tree_map(lambda a, b: a + b.astype(a.dtype), y, dy)
 
 
+#: `evaluate(t, z, state) -> (k, f, state)`: the stage increment k = f * dt (or the
+#: control product for general terms), the vector field f (or `None`), the new state.
+Evaluate = Callable[[Any, PyTree[Array], Any], tuple[PyTree[Array], Any, Any]]
+
+
+class Stages(NamedTuple):
+    """The result of the stages of one explicit Runge--Kutta step from `y0`."""
+
+    ks: PyTree[Array]  # stage increments, stacked on a leading stage axis
+    y1: PyTree[Array]
+    y_error: PyTree[Array] | None
+    f_last: PyTree[Array] | None  # the last stage's vector field (for FSAL)
+    state: Any
+
+
+def run_stages(
+    tableau: _Tableau,
+    evaluate: Evaluate,
+    t0,
+    dt,
+    y0: PyTree[Array],
+    k0: PyTree[Array],
+    f0: PyTree[Array] | None,
+    state: Any,
+    *,
+    keep_last_f: bool,
+) -> Stages:
+    """Stages 1..s-1 of an explicit Runge--Kutta step, given stage 0 (`k0`, `f0`).
+
+    The stages run in a `lax.scan`, so the vector field is traced once; `state`
+    threads through them in stage order.
+    """
+    ks = jtu.tree_map(
+        lambda k: jnp.zeros((tableau.num_stages,) + k.shape, k.dtype).at[0].set(k), k0
+    )
+    f_last = f0
+    if tableau.num_stages > 1:
+
+        def body(carry, xs):
+            ks, state, _ = carry
+            i, a_row, c_i = xs
+            z = _add(
+                y0,
+                jtu.tree_map(
+                    lambda k: jnp.tensordot(
+                        a_row.astype(k.dtype), k, axes=1,
+                        precision=lax.Precision.HIGHEST,
+                    ),
+                    ks,
+                ),
+            )  # fmt: skip
+            k, f, state = evaluate(t0 + c_i * dt, z, state)
+            ks = jtu.tree_map(lambda kk, ki: kk.at[i].set(ki), ks, k)
+            return (ks, state, f if keep_last_f else None), None
+
+        init_f = jtu.tree_map(jnp.zeros_like, y0) if keep_last_f else None
+        (ks, state, f_last), _ = lax.scan(
+            body,
+            (ks, state, init_f),
+            (
+                jnp.arange(1, tableau.num_stages),
+                jnp.asarray(tableau.a[1:]),
+                jnp.asarray(tableau.c[1:], dtype=jnp.result_type(dt)),
+            ),
+        )
+    y1 = _add(y0, _dot(tableau.b, ks))
+    y_error = None if tableau.b_error is None else _dot(tableau.b_error, ks)
+    return Stages(ks, y1, y_error, f_last, state)
+
+
 class StatefulSolver(dfx.AbstractAdaptiveSolver):
     """Runs a diffrax explicit Runge--Kutta solver, threading the `eqx.nn.State` of a
-    [`tadiffeq.StatefulField`][] through every stage evaluation.
+    [`tadiffeq.StatefulField`][] through every stage evaluation, and letting step
+    observers see every step.
 
-    For any other term (e.g. diffrax's adjoint terms in `BacksolveAdjoint`'s backward
-    pass) it is the plain Runge--Kutta method of the wrapped solver, without FSAL.
+    For any other term (e.g. an SDE's `MultiTerm`, or diffrax's adjoint term in
+    `BacksolveAdjoint`'s backward pass) it is the plain Runge--Kutta method of the
+    wrapped solver, without FSAL.
 
     **Arguments:**
 
     - `solver`: `diffrax.Euler()` or an explicit Runge--Kutta solver such as
       `diffrax.Dopri5()` or `diffrax.Tsit5()`; it supplies the tableau, the order, the
       error estimate and the dense-output interpolation.
+    - `observers`: [`tadiffeq.AbstractStepObserver`][]s updated after every step of the
+      forward solve. Their states ride in the solver state, so diffrax keeps them for
+      accepted steps only: what they see are the accepted steps. They are not run in
+      an adjoint's backward pass.
 
-    The solver state is `(fsal_f, state)`: the last stage's vector field for FSAL
-    methods (else `None`) and the normalisation state (`None` for non-stateful terms).
+    The solver state is `(fsal_f, state, observer_states)`: the last stage's vector
+    field for FSAL methods (else `None`), the normalisation state (`None` for
+    non-stateful terms) and one state per observer.
     """
 
     solver: dfx.AbstractSolver
     tableau: _Tableau
+    observers: tuple[AbstractStepObserver, ...]
 
     term_structure: ClassVar = dfx.AbstractTerm
 
-    def __init__(self, solver: dfx.AbstractSolver):
+    def __init__(
+        self,
+        solver: dfx.AbstractSolver,
+        observers: Sequence[AbstractStepObserver] = (),
+    ):
         self.tableau = _tableau_of(solver)
         self.solver = solver
+        self.observers = tuple(observers)
+        for obs in self.observers:
+            if not isinstance(obs, AbstractStepObserver):
+                raise TypeError(
+                    f"`observers` must hold AbstractStepObservers, got {obs!r}."
+                )
 
     @property
     def interpolation_cls(self):  # pyright: ignore
@@ -190,14 +296,17 @@ class StatefulSolver(dfx.AbstractAdaptiveSolver):
     def order(self, terms):
         return self.solver.order(terms)
 
+    def strong_order(self, terms):
+        return self.solver.strong_order(terms)
+
     def error_order(self, terms):
         return self.solver.error_order(terms) if self.has_error_estimate else None
 
-    def num_evaluations(self, num_steps):
+    def num_evaluations(self, num_steps, *, stateful: bool = True):
         """Vector-field evaluations made by `init` and `num_steps` steps (accepted
-        or rejected) on a stateful term."""
+        or rejected): FSAL applies to stateful terms only."""
         tab = self.tableau
-        if tab.fsal:
+        if tab.fsal and stateful:
             return 1 + (tab.num_stages - 1) * num_steps
         return tab.num_stages * num_steps
 
@@ -206,25 +315,28 @@ class StatefulSolver(dfx.AbstractAdaptiveSolver):
 
     def init(self, terms, t0, t1, y0, args):
         del t1
+        if self.observers and not _is_adjoint(terms):
+            observed = tuple(obs.init(t0, y0) for obs in self.observers)
+        else:
+            observed = None  # (`None`, not `()`: diffrax's adjoints tree_at it.)
         field, direction = _find_stateful(terms)
         if field is None:
-            return None, None
+            return None, None, observed
         state = clone_state(field.state)
         if self.tableau.fsal:
             f0, state = field.with_state(t0 * direction, y0, state)
-            return f0, state
-        return None, state
+            return f0, state, observed
+        return None, state, observed
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         tab = self.tableau
         field, direction = _find_stateful(terms)
         control = terms.contr(t0, t1)
         dt = t1 - t0
-        fsal_f, state = solver_state
+        fsal_f, state, observed = solver_state
         fsal = tab.fsal and field is not None
 
         def evaluate(t, y, state):
-            """(k, f, state) at stage time t: k = f * dt is the stage increment."""
             if field is None:
                 return terms.vf_prod(t, y, args, control), None, state
             f, state = field.with_state(t * direction, y, state)
@@ -245,50 +357,25 @@ class StatefulSolver(dfx.AbstractAdaptiveSolver):
             k0 = terms.prod(f0, control)
         else:
             k0, f0, state = evaluate(t0, y0, state)
-        ks = jtu.tree_map(
-            lambda k: jnp.zeros((tab.num_stages,) + k.shape, k.dtype).at[0].set(k), k0
-        )
-
-        # Stages 1..s-1, traced once (a scan) so the vector field is compiled once.
-        f_last = f0
-        if tab.num_stages > 1:
-            stages = np.arange(1, tab.num_stages)
-
-            def body(carry, xs):
-                ks, state, _ = carry
-                i, a_row, c_i = xs
-                z = _add(
-                    y0,
-                    jtu.tree_map(
-                        lambda k: jnp.tensordot(
-                            a_row.astype(k.dtype),
-                            k,
-                            axes=1,
-                            precision=lax.Precision.HIGHEST,
-                        ),
-                        ks,
-                    ),
-                )
-                k, f, state = evaluate(t0 + c_i * dt, z, state)
-                ks = jtu.tree_map(lambda kk, ki: kk.at[i].set(ki), ks, k)
-                return (ks, state, f if fsal else None), None
-
-            init_f = jtu.tree_map(jnp.zeros_like, y0) if fsal else None
-            (ks, state, f_last), _ = lax.scan(
-                body,
-                (ks, state, init_f),
-                (
-                    jnp.asarray(stages),
-                    jnp.asarray(tab.a[1:]),
-                    jnp.asarray(tab.c[1:], dtype=jnp.result_type(dt)),
-                ),
-            )
-
-        y1 = _add(y0, _dot(tab.b, ks))
-        y_error = None if tab.b_error is None else _dot(tab.b_error, ks)
+        stages = run_stages(tab, evaluate, t0, dt, y0, k0, f0, state, keep_last_f=fsal)
         if isinstance(self.solver, dfx.AbstractERK):
-            dense_info = dict(y0=y0, y1=y1, k=ks)
+            dense_info = dict(y0=y0, y1=stages.y1, k=stages.ks)
         else:
-            dense_info = dict(y0=y0, y1=y1)
-        new_solver_state = (f_last if fsal else None, state)
-        return y1, y_error, dense_info, new_solver_state, dfx.RESULTS.successful
+            dense_info = dict(y0=y0, y1=stages.y1)
+        if observed is not None:
+            info = StepInfo(
+                t0=t0, t1=t1, y0=y0, y1=stages.y1, y_error=stages.y_error,
+                ks=stages.ks, tableau=tab,
+                interpolation=self.interpolation_cls(t0=t0, t1=t1, **dense_info),
+            )  # fmt: skip
+            observed = tuple(
+                obs.update(o, info) for obs, o in zip(self.observers, observed)
+            )
+        new_solver_state = (stages.f_last if fsal else None, stages.state, observed)
+        return (
+            stages.y1,
+            stages.y_error,
+            dense_info,
+            new_solver_state,
+            dfx.RESULTS.successful,
+        )

@@ -1,0 +1,82 @@
+"""Global regularization of the solver's heuristics: ERNODE and SRNODE (Pal et al.,
+ICML 2021)."""
+
+import equinox as eqx
+from jaxtyping import Array, Float
+
+from .._solver.estimates import check_stiffness_tableau, real_stability_boundary
+from .._solver.observers import StepAccumulator
+from .._solver.stateful import StatefulSolver
+from .base import AbstractRegularizer, Plan, SolveResult
+from .local import controller_tolerances
+
+
+class GlobalRegularizer(AbstractRegularizer):
+    """Accumulates a per-step solver heuristic over *every accepted step* of the
+    training solve and differentiates it through the solve: ERNODE (`kind="error"`,
+    each step's `E * dt`) and SRNODE (`kind="stiffness"`, each step's stiffness
+    estimate over the stability boundary) of Pal et al. (2021), the baseline the
+    local regularizer is measured against.
+
+    The accumulator rides in the solver state, so rejected steps do not count.
+    Differentiating through the solver state needs a discretise-then-optimise adjoint
+    (`RecursiveCheckpointAdjoint`, the default); `BacksolveAdjoint` is refused.
+
+    **Arguments:**
+
+    - `kind`: `"error"` (default) or `"stiffness"`.
+    - `reduce`: `"mean"`, `"sum"` or `"max"` over the accepted steps; default `"mean"`
+      for error and `"max"` for stiffness, as the papers used.
+    - `rtol`, `atol`: the error scaling; default the node's `PIDController`'s.
+
+    ??? cite "Reference"
+
+        ```bibtex
+        @inproceedings{pal2021opening,
+            title={Opening the Blackbox: Accelerating Neural Differential Equations
+                   by Regularizing Internal Solver Heuristics},
+            author={Pal, Avik and Ma, Yingbo and Shah, Viral and Rackauckas,
+                    Christopher V},
+            booktitle={International Conference on Machine Learning},
+            year={2021}
+        }
+        ```
+    """
+
+    kind: str = eqx.field(static=True, default="error")  # "error" | "stiffness"
+    reduce: str | None = eqx.field(static=True, default=None)  # mean|sum|max
+    rtol: float | None = eqx.field(static=True, default=None)
+    atol: float | None = eqx.field(static=True, default=None)
+
+    needs_key = False
+    through_solve = True
+
+    def __check_init__(self):
+        if self.kind not in ("error", "stiffness"):
+            raise ValueError(
+                f"`kind` must be 'error' or 'stiffness', got {self.kind!r}."
+            )
+        if self.reduce not in (None, "mean", "sum", "max"):
+            raise ValueError(
+                f"`reduce` must be 'mean', 'sum' or 'max', got {self.reduce!r}."
+            )
+
+    @property
+    def reduction(self) -> str:
+        if self.reduce is not None:
+            return self.reduce
+        return "mean" if self.kind == "error" else "max"
+
+    def plan(self, node, y0, key) -> Plan:
+        del y0, key
+        tableau = StatefulSolver(node.solver).tableau
+        stability = 1.0
+        if self.kind == "stiffness":
+            check_stiffness_tableau(tableau)
+            stability = real_stability_boundary(tableau)
+        rtol, atol, norm = controller_tolerances(node, self.rtol, self.atol)
+        acc = StepAccumulator(self.kind, rtol, atol, stability, norm)
+        return Plan(observers=(acc,))
+
+    def finish(self, node, result: SolveResult) -> tuple[Float[Array, ""], int]:
+        return StepAccumulator.reduce(result.observed[0], self.reduction), 0
