@@ -24,6 +24,7 @@ from ._models.variants import (
     SecondOrderField as SecondOrderField,
 )
 from ._neural_ode import NeuralODE as NeuralODE, SolveStats as SolveStats
+from ._neural_sde import NeuralSDE as NeuralSDE
 from ._norm.base import AbstractNorm as AbstractNorm
 from ._norm.factory import make_norm as make_norm, NORM_NAMES as NORM_NAMES
 from ._norm.identity import NoNorm as NoNorm

@@ -46,7 +46,7 @@ def _is_norm(x) -> bool:
     return isinstance(x, AbstractNorm)
 
 
-def _norm_layers(tree) -> list[AbstractNorm]:
+def norm_layers(tree) -> list[AbstractNorm]:
     return [x for x in jtu.tree_leaves(tree, is_leaf=_is_norm) if _is_norm(x)]
 
 
@@ -180,7 +180,7 @@ class NeuralODE(eqx.Module):
             dt0 = float(dt0)
             if not dt0 > 0:
                 raise ValueError(f"`dt0` must be positive, got {dt0}.")
-        for layer in _norm_layers(field):
+        for layer in norm_layers(field):
             if isinstance(layer, TABatchNorm) and (
                 layer.grid.t0 != t0 or layer.grid.t1 != t1
             ):
@@ -193,7 +193,7 @@ class NeuralODE(eqx.Module):
         if per_sample_inference is None:
             per_sample_inference = all(
                 type(layer).batch_independent_at_inference
-                for layer in _norm_layers(field)
+                for layer in norm_layers(field)
             )
         self.field = field
         self.solver = solver
@@ -252,6 +252,14 @@ class NeuralODE(eqx.Module):
         else:
             ys, new_state, stats = self._solve(y0, state, ts, regularizer, key)
         return self._readout(ys), new_state, stats
+
+    def local_step_estimate(self, state, t, y, **kwargs):
+        """See [`tadiffeq.local_step_estimate`][] (the `context` keyword, used by
+        `NeuralSDE`, is ignored)."""
+        from ._regularizers.local import local_step_estimate
+
+        kwargs.pop("context", None)
+        return local_step_estimate(self, state, t, y, **kwargs)
 
     def _check_regularizer(self, regularizer, key, per_sample, ts):
         if not isinstance(regularizer, AbstractRegularizer):

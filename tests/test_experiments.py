@@ -62,3 +62,18 @@ def test_param_counts_smoke(capsys):
     spec = [cout for _, cout, _ in __import__("tadiffeq").conv_field_spec(3, 6)[:-1]]
     assert by["conv6"]["with_grid"] - by["conv6"]["without_grid"] == 2 * 10 * sum(spec)
     assert "| unet |" in capsys.readouterr().out
+
+
+def test_regularized_toy_model_is_cheaper_to_solve(tmp_path):
+    """Same seed: the local (paper's frozen first stage and exact gradient) and
+    global regularizers give a model that takes fewer function evaluations."""
+    import regularization_toy
+
+    rows = regularization_toy.main(
+        ["--regularizers", "none,local,local_exact,global",
+         "--weights", "0,3,1e4,10", "--out", str(tmp_path)]
+    )  # fmt: skip
+    by = {r["regularizer"]: r for r in rows}
+    for name in ("local", "local_exact", "global"):
+        assert by[name]["test_nfe"] < by["none"]["test_nfe"], by
+        assert by[name]["test_acc"] > 0.8, by

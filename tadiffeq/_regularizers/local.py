@@ -186,7 +186,7 @@ class LocalRegularizer(AbstractRegularizer):
         self, node, result: SolveResult
     ) -> tuple[Float[Array, ""], Int[Array, ""] | int]:
         t_s, y_s = self.sample(result)
-        return local_step_estimate(
-            node, result.state, t_s, y_s, kind=self.kind, rtol=self.rtol,
-            atol=self.atol, stop_first_stage=self.stop_first_stage,
+        return node.local_step_estimate(
+            result.state, t_s, y_s, kind=self.kind, rtol=self.rtol, atol=self.atol,
+            stop_first_stage=self.stop_first_stage, context=result.context,
         )  # fmt: skip
