@@ -128,9 +128,24 @@ def make_train_step(optimizer, penalty_weight: float):
     return train_step
 
 
-def train_classifier(cfg: ClassifierConfig, data, *, log=print, label=""):
+def train_classifier(
+    cfg: ClassifierConfig,
+    data,
+    *,
+    log=print,
+    label="",
+    checkpoint_dir: pathlib.Path | None = None,
+    stop_after_epochs: int | None = None,
+):
     """Trains the unmixed classifier of `cfg` on `data["train"]`. Returns
-    `(model, state, history)`."""
+    `(model, state, history)`.
+
+    Data parallel over all local devices (the batch is sharded, TA-BN's batch
+    statistics are reduced across devices). With `checkpoint_dir`, the model,
+    optimiser state, normalisation state and history are saved after every epoch
+    and a rerun resumes after the last finished epoch. `stop_after_epochs` ends this
+    call early (checkpointed) and returns `None`.
+    """
     x_train, y_train = data["train"]
     num_classes = int(max(y_train.max(), data["test"][1].max())) + 1
     key = jax.random.PRNGKey(cfg.seed)
@@ -142,17 +157,33 @@ def train_classifier(cfg: ClassifierConfig, data, *, log=print, label=""):
     penalty = cfg.affine_penalty if cfg.norm.startswith("tabn") else 0.0
     step_fn = make_train_step(optimizer, penalty)
     history = []
-    step = 0
-    t_start = time.perf_counter()
-    for epoch in range(cfg.epochs):
+    ckpt = None if checkpoint_dir is None else td.Checkpointer(checkpoint_dir)
+    if ckpt is not None and (restored := ckpt.restore((model, opt_state, state))):
+        _, (model, opt_state, state), meta = restored
+        if meta["config"] != asdict(cfg):
+            raise ValueError(
+                f"{checkpoint_dir} holds a run of another configuration; delete it "
+                "or choose another output directory."
+            )
+        history = meta["history"]
+        log(f"  {label} resumed after epoch {len(history)}")
+    mesh = td.data_parallel_mesh()
+    model, opt_state, state = td.replicate((model, opt_state, state), mesh)
+    first_epoch = len(history)
+    step = first_epoch * steps_per_epoch
+    t_start = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
+    for epoch in range(first_epoch, cfg.epochs):
+        if stop_after_epochs is not None and epoch - first_epoch >= stop_after_epochs:
+            return None
         losses, accs, nfes = [], [], []
         batches = iterate_batches(
             x_train, y_train, cfg.batch_size, seed=cfg.seed + epoch
         )
         for xb, yb in batches:
             k = jax.random.fold_in(drop_key, step)
+            xb, yb = td.shard_batch((xb, yb), mesh)
             model, opt_state, state, loss, acc, nfe = step_fn(
-                model, opt_state, state, jnp.asarray(xb), jnp.asarray(yb), k
+                model, opt_state, state, xb, yb, k
             )
             losses.append(float(loss))
             accs.append(float(acc))
@@ -175,6 +206,9 @@ def train_classifier(cfg: ClassifierConfig, data, *, log=print, label=""):
                 seconds=time.perf_counter() - t_start,
             )
         )
+        if ckpt is not None:
+            meta = dict(config=asdict(cfg), history=history)
+            ckpt.save(epoch + 1, (model, opt_state, state), meta)
     log("")
     return model, state, history
 

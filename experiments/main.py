@@ -61,7 +61,10 @@ def main(argv=None):
             norm=norm, hidden=args.hidden, epochs=args.epochs,
             batch_size=args.batch_size, seed=args.seed,
         )  # fmt: skip
-        model, state, history = train_classifier(cfg, data, label=norm)
+        ckpt_dir = pathlib.Path(args.out) / "checkpoints" / f"{norm}_seed{args.seed}"
+        model, state, history = train_classifier(
+            cfg, data, label=norm, checkpoint_dir=ckpt_dir
+        )
         x_test, y_test = data["test"]
         acc256, nfe256 = evaluate(model, state, x_test, y_test, 256)
         acc2, _ = evaluate(model, state, x_test, y_test, 2)

@@ -5,6 +5,7 @@ statistics are explicit `eqx.nn.State` threaded through diffrax solves; the vect
 fields and Neural ODE models of the TA-BN paper.
 """
 
+from ._checkpoint import Checkpointer as Checkpointer
 from ._models.classifier import (
     count_parameters as count_parameters,
     UnmixedClassifier as UnmixedClassifier,
@@ -55,6 +56,11 @@ from ._regularizers.steer import STEER as STEER
 from ._regularizers.taylor import (
     TayNODE as TayNODE,
     total_derivatives as total_derivatives,
+)
+from ._sharding import (
+    data_parallel_mesh as data_parallel_mesh,
+    replicate as replicate,
+    shard_batch as shard_batch,
 )
 from ._solver.estimates import (
     real_stability_boundary as real_stability_boundary,

@@ -41,6 +41,20 @@ class SolveStats(eqx.Module):
     num_regularizer_evals: Int[Array, "*batch"]
     regularization: Float[Array, "*batch"]
 
+    @classmethod
+    def of(cls, sol: dfx.Solution, num_fn_evals, regularization, num_regularizer_evals):
+        """The stats of a diffrax solution, with the evaluation counts and the
+        regularization computed by the caller."""
+        num_steps = sol.stats["num_steps"]
+        return cls(
+            num_steps=num_steps,
+            num_accepted_steps=sol.stats["num_accepted_steps"],
+            num_rejected_steps=sol.stats["num_rejected_steps"],
+            num_fn_evals=jnp.asarray(num_fn_evals, num_steps.dtype),
+            num_regularizer_evals=jnp.asarray(num_regularizer_evals, num_steps.dtype),
+            regularization=jnp.asarray(regularization),
+        )
+
 
 def _is_norm(x) -> bool:
     return isinstance(x, AbstractNorm)
@@ -351,13 +365,6 @@ class NeuralODE(eqx.Module):
             value, extra = regularizer.finish(self, result)
         if plan.augment is not None:
             ys = ys[0]
-        num_steps = sol.stats["num_steps"]
-        stats = SolveStats(
-            num_steps=num_steps,
-            num_accepted_steps=sol.stats["num_accepted_steps"],
-            num_rejected_steps=sol.stats["num_rejected_steps"],
-            num_fn_evals=solver.num_evaluations(num_steps) + num_heuristic,
-            num_regularizer_evals=jnp.asarray(extra, num_steps.dtype),
-            regularization=jnp.asarray(value),
-        )
+        evals = solver.num_evaluations(sol.stats["num_steps"]) + num_heuristic
+        stats = SolveStats.of(sol, evals, value, extra)
         return ys, new_state, stats

@@ -211,16 +211,8 @@ class NeuralSDE(eqx.Module):
                 plan=plan, y1=y1, observed=observed, state=state, context=terms
             )
             value, extra = regularizer.finish(self, result)
-        num_steps = sol.stats["num_steps"]
-        stats = SolveStats(
-            num_steps=num_steps,
-            num_accepted_steps=sol.stats["num_accepted_steps"],
-            num_rejected_steps=sol.stats["num_rejected_steps"],
-            num_fn_evals=solver.num_evaluations(num_steps, stateful=False)
-            + num_heuristic,
-            num_regularizer_evals=jnp.asarray(extra, num_steps.dtype),
-            regularization=jnp.asarray(value),
-        )
+        evals = solver.num_evaluations(sol.stats["num_steps"], stateful=False)
+        stats = SolveStats.of(sol, evals + num_heuristic, value, extra)
         readout = getattr(self.drift, "readout", None)
         return (y1 if readout is None else readout(y1)), state, stats
 

@@ -4,7 +4,10 @@ import json
 import pathlib
 import sys
 
+import jax
 import pytest
+
+import tadiffeq as td
 
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
@@ -27,16 +30,36 @@ def test_main_job_smoke(tmp_path, capsys):
         assert 0.0 <= r["acc_b256"] <= 1.0 and r["test_nfe"] > 0
 
 
-def test_main_job_is_deterministic(tmp_path):
-    import main
+def test_training_is_deterministic_and_resumes_exactly(tmp_path):
+    """Same seed, same numbers; a run stopped after one epoch and resumed from its
+    checkpoint ends with exactly the model, TA-BN statistics and history of an
+    uninterrupted run."""
+    import equinox as eqx
+    import numpy as np
+    from common import ClassifierConfig, train_classifier
 
-    args = ["--data", "synthetic", "--norms", "popti", "--epochs", "1",
-            "--train-limit", "128", "--test-limit", "32", "--hidden", "8",
-            "--batch-size", "32"]  # fmt: skip
-    a = main.main(args + ["--out", str(tmp_path / "a")])
-    b = main.main(args + ["--out", str(tmp_path / "b")])
-    assert a[0]["acc_b256"] == b[0]["acc_b256"]
-    assert a[0]["history"][0]["loss"] == b[0]["history"][0]["loss"]
+    from tadiffeq.data import synthetic_digits
+
+    data = synthetic_digits(seed=0)
+    data = {k: (x[:96], y[:96]) for k, (x, y) in data.items()}
+    cfg = ClassifierConfig(norm="tabn", hidden=8, epochs=2, batch_size=32)
+    log = lambda *a, **k: None
+    full = train_classifier(cfg, data, log=log, checkpoint_dir=tmp_path / "a")
+    stopped = train_classifier(
+        cfg, data, log=log, checkpoint_dir=tmp_path / "b", stop_after_epochs=1
+    )
+    assert stopped is None
+    assert td.Checkpointer(tmp_path / "b").latest()[0] == 1
+    resumed = train_classifier(cfg, data, log=log, checkpoint_dir=tmp_path / "b")
+    assert [h["loss"] for h in full[2]] == [h["loss"] for h in resumed[2]]
+    leaves = lambda run: jax.tree.leaves(eqx.filter(run[:2], eqx.is_array))
+    for a, b in zip(leaves(full), leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="another configuration"):
+        train_classifier(
+            ClassifierConfig(norm="tabn", hidden=8, epochs=3, batch_size=32),
+            data, log=log, checkpoint_dir=tmp_path / "b",
+        )  # fmt: skip
 
 
 @pytest.mark.slow
@@ -77,3 +100,41 @@ def test_regularized_toy_model_is_cheaper_to_solve(tmp_path):
     for name in ("local", "local_exact", "global"):
         assert by[name]["test_nfe"] < by["none"]["test_nfe"], by
         assert by[name]["test_acc"] > 0.8, by
+
+
+def test_regularization_mnist_smoke_and_exact_resume(tmp_path, capsys):
+    """Every regularizer of the MNIST script runs (generated data, a few steps), and
+    a run interrupted and resumed from its checkpoint ends exactly where an
+    uninterrupted run ends."""
+    import regularization_mnist as rm
+
+    rows = rm.main(
+        ["--data", "synthetic", "--regularizers", "none,local,local_biased,global",
+         "--steps", "3", "--batch-size", "64", "--hidden", "16", "--eval-batch", "250",
+         "--out", str(tmp_path / "smoke")]
+    )  # fmt: skip
+    assert [r["regularizer"] for r in rows] == [
+        "none",
+        "local",
+        "local_biased",
+        "global",
+    ]
+    assert "NFE ratio" in capsys.readouterr().out
+    sde = rm.main(
+        ["--model", "sde", "--data", "synthetic", "--regularizers", "local",
+         "--steps", "2", "--batch-size", "32", "--eval-batch", "500",
+         "--out", str(tmp_path / "sde")]
+    )  # fmt: skip
+    assert all(r["test_nfe"] > 0 for r in sde)
+
+    cfg = rm.RegConfig(
+        regularizer="local", steps=6, batch_size=64, hidden=8, data="synthetic"
+    )
+    full = rm.run(cfg, tmp_path / "full", checkpoint_every=100)
+    assert rm.run(cfg, tmp_path / "split", stop_after=4) is None
+    resumed = rm.run(cfg, tmp_path / "split")
+    assert resumed["test_acc"] == full["test_acc"]
+    assert resumed["train_nfe"] == full["train_nfe"]
+    _, h_full = td.Checkpointer(tmp_path / "full/checkpoint").latest()
+    _, h_split = td.Checkpointer(tmp_path / "split/checkpoint").latest()
+    assert h_full["history"]["ce"] == h_split["history"]["ce"]

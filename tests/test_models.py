@@ -79,7 +79,9 @@ def test_mlp_field_time_concatenation(getkey):
     lin = td.TimeLinear(3, 2, key=getkey())
     x = jax.random.normal(getkey(), (4, 3))
     xt = jnp.concatenate([x, jnp.full((4, 1), 0.3)], -1)
-    np.testing.assert_allclose(lin(0.3, x), xt @ lin.weight + lin.bias, rtol=1e-6)
+    np.testing.assert_allclose(
+        lin(0.3, x), xt @ lin.weight + lin.bias, rtol=1e-6, atol=1e-6
+    )
     field, state = eqx.nn.make_with_state(td.MLPField)(
         5, (7, 9), norm="tabn", norm_layers=1, key=getkey()
     )

@@ -9,13 +9,18 @@ def _readme():
     return (REPO / "README.md").read_text()
 
 
-def test_readme_usage_example_runs(capsys):
+def test_readme_usage_examples_run(capsys):
+    """The python blocks run one after another in one namespace."""
     blocks = re.findall(r"```python\n(.*?)```", _readme(), re.S)
-    assert blocks, "README has no python example"
+    assert len(blocks) >= 2, "README lost its python examples"
     assert len(blocks[0].strip().splitlines()) <= 15
-    exec(compile(blocks[0], "README.md", "exec"), {})
+    namespace = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)
     out = capsys.readouterr().out.split()
-    assert out[-1] == "(2, 784)" or out[-2:] == ["(2,", "784)"]
+    assert out[-2:] == ["(2,", "784)"]
+    for block in blocks[1:]:
+        exec(compile(block, "README.md", "exec"), namespace)
+    assert float(namespace["stats"].regularization) > 0
 
 
 def test_ci_runs_the_readme_test_command():

@@ -1,0 +1,92 @@
+"""Checkpoints of a training run: every array of (model, optimiser state,
+normalisation state, ...) via Equinox serialisation, plus JSON metadata."""
+
+import json
+import os
+import pathlib
+import shutil
+from typing import Any
+
+import equinox as eqx
+from jaxtyping import PyTree
+
+
+class Checkpointer:
+    """Saves and restores a training run in `directory`.
+
+    ```python
+    ckpt = td.Checkpointer("runs/exp1")
+    restored = ckpt.restore((model, opt_state, state))
+    if restored is not None:
+        step, (model, opt_state, state), meta = restored
+    ...
+    ckpt.save(step, (model, opt_state, state), {"history": history})
+    ```
+
+    Each save writes `step_<n>/` (arrays by `eqx.tree_serialise_leaves`, metadata as
+    JSON) and then points `latest.json` at it with an atomic rename, so an
+    interrupted save leaves the previous checkpoint intact and arrays and metadata
+    always belong to the same step. The newest `keep` checkpoints are kept.
+
+    Everything the run needs to continue exactly (including TA-BN's running
+    statistics in the `eqx.nn.State`) must be in the saved pytree or the metadata.
+    """
+
+    def __init__(self, directory: str | os.PathLike, keep: int = 2):
+        if keep < 1:
+            raise ValueError(f"`keep` must be at least 1, got {keep}.")
+        self.directory = pathlib.Path(directory)
+        self.keep = keep
+
+    @property
+    def _latest(self) -> pathlib.Path:
+        return self.directory / "latest.json"
+
+    def exists(self) -> bool:
+        return self._latest.exists()
+
+    def save(self, step: int, tree: PyTree, metadata: dict[str, Any] | None = None):
+        """Writes `tree` (any pytree of arrays and static data) and `metadata`
+        (JSON-serialisable) as the checkpoint after `step` steps."""
+        name = f"step_{int(step)}"
+        target = self.directory / name
+        tmp = self.directory / f"{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        eqx.tree_serialise_leaves(tmp / "arrays.eqx", tree)
+        meta = {"step": int(step), "metadata": metadata or {}}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+        pointer = self.directory / "latest.json.tmp"
+        pointer.write_text(json.dumps({"checkpoint": name}))
+        os.replace(pointer, self._latest)  # the commit point
+        steps = sorted(
+            (int(p.name[5:]), p)
+            for p in self.directory.glob("step_*")
+            if p.is_dir() and p.name[5:].isdigit()
+        )
+        for _, old in steps[: -self.keep]:
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def latest(self) -> tuple[int, dict[str, Any]] | None:
+        """`(step, metadata)` of the latest checkpoint without loading its arrays, or
+        `None` if there is no checkpoint."""
+        if not self.exists():
+            return None
+        name = json.loads(self._latest.read_text())["checkpoint"]
+        meta = json.loads((self.directory / name / "meta.json").read_text())
+        return meta["step"], meta["metadata"]
+
+    def restore(self, like: PyTree) -> tuple[int, PyTree, dict[str, Any]] | None:
+        """`(step, tree, metadata)` of the latest checkpoint, with `tree` shaped like
+        `like` (same structure, e.g. a freshly initialised run), or `None` if there is
+        no checkpoint."""
+        if not self.exists():
+            return None
+        name = json.loads(self._latest.read_text())["checkpoint"]
+        path = self.directory / name
+        meta = json.loads((path / "meta.json").read_text())
+        tree = eqx.tree_deserialise_leaves(path / "arrays.eqx", like)
+        return meta["step"], tree, meta["metadata"]

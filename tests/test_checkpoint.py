@@ -1,0 +1,56 @@
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import tadiffeq as td
+
+
+def test_checkpoint_roundtrip_with_tabn_state_and_optimizer(tmp_path, getkey):
+    def build(key):
+        return td.NeuralODE(td.MLPField(3, (8,), norm="tabn", key=key))
+
+    node, state = eqx.nn.make_with_state(build)(getkey())
+    _, state, _ = node(jax.random.normal(getkey(), (6, 3)), state)
+    opt = optax.adam(1e-3)
+    opt_state = opt.init(eqx.filter(node, eqx.is_inexact_array))
+    ckpt = td.Checkpointer(tmp_path / "run")
+    assert ckpt.restore((node, opt_state, state)) is None
+    ckpt.save(7, (node, opt_state, state), {"loss": [1.0, 0.5]})
+    assert not list((tmp_path / "run").glob("*.tmp"))  # renamed into place
+    fresh, fresh_state = eqx.nn.make_with_state(build)(getkey())
+    fresh_opt = opt.init(eqx.filter(fresh, eqx.is_inexact_array))
+    step, (n2, o2, s2), meta = ckpt.restore((fresh, fresh_opt, fresh_state))
+    assert step == 7 and meta == {"loss": [1.0, 0.5]}
+    for a, b in zip(
+        jax.tree.leaves((node, opt_state, state)), jax.tree.leaves((n2, o2, s2))
+    ):
+        np.testing.assert_array_equal(a, b)
+    rm = s2.get(n2.field.norms[0].state_index)[0]
+    assert float(jnp.abs(rm).max()) > 0  # TA-BN statistics survived
+
+
+def test_checkpoint_interrupted_save_keeps_previous_and_prunes(tmp_path):
+    ckpt = td.Checkpointer(tmp_path, keep=2)
+    like = {"w": jnp.zeros(3)}
+    for step in (1, 2, 3):
+        ckpt.save(step, {"w": jnp.full(3, float(step))}, {"step": step})
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_2", "step_3"]
+    # A save that dies after writing its arrays but before the commit point.
+    (tmp_path / "step_4.tmp").mkdir()
+    eqx.tree_serialise_leaves(
+        tmp_path / "step_4.tmp" / "arrays.eqx", {"w": jnp.ones(3)}
+    )
+    step, tree, meta = ckpt.restore(like)
+    assert step == 3 and meta == {"step": 3}
+    assert ckpt.latest() == (3, {"step": 3})
+    np.testing.assert_array_equal(tree["w"], np.full(3, 3.0))
+    ckpt.save(4, {"w": jnp.full(3, 4.0)})  # the next save overwrites the debris
+    assert ckpt.restore(like)[0] == 4
+
+
+def test_checkpoint_rejects_bad_keep(tmp_path):
+    with pytest.raises(ValueError, match="keep"):
+        td.Checkpointer(tmp_path, keep=0)
