@@ -18,14 +18,20 @@ def test_main_job_smoke(tmp_path, capsys):
     import main
 
     rows = main.main(
-        ["--data", "synthetic", "--norms", "tabn,minibatch", "--epochs", "1",
+        ["--data", "synthetic", "--norms", "tabn", "--epochs", "1",
          "--train-limit", "256", "--test-limit", "64", "--hidden", "16",
-         "--batch-size", "64", "--out", str(tmp_path)]
+         "--batch-size", "64", "--reg-steps", "3", "--out", str(tmp_path)]
     )  # fmt: skip
     out = capsys.readouterr().out
-    assert "acc@batch2" in out and "tabn" in out and "minibatch" in out
+    assert "test NFE x" in out and (tmp_path / "main.png").stat().st_size > 0
+    assert "acc@batch2" in out and "tabn" in out
     saved = json.loads((tmp_path / "main.json").read_text())
-    assert [r["norm"] for r in saved["rows"]] == ["tabn", "minibatch"]
+    assert [r["norm"] for r in saved["rows"]] == ["tabn"]
+    assert [r["regularizer"] for r in saved["regularization"]] == [
+        "none",
+        "local",
+        "global",
+    ]
     for r in rows:
         assert 0.0 <= r["acc_b256"] <= 1.0 and r["test_nfe"] > 0
 

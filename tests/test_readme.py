@@ -18,9 +18,12 @@ def test_readme_usage_examples_run(capsys):
     exec(compile(blocks[0], "README.md", "exec"), namespace)
     out = capsys.readouterr().out.split()
     assert out[-2:] == ["(2,", "784)"]
-    for block in blocks[1:]:
-        exec(compile(block, "README.md", "exec"), namespace)
+    exec(compile(blocks[1], "README.md", "exec"), namespace)
     assert float(namespace["stats"].regularization) > 0
+    for block in blocks[2:]:  # data parallel: same shapes, batch stays sharded
+        exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["y"].shape == (128, 784)
+    assert namespace["stats"].num_fn_evals > 0
 
 
 def test_ci_runs_the_readme_test_command():
