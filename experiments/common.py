@@ -213,13 +213,24 @@ def train_classifier(
     return model, state, history
 
 
-def evaluate(model, state, x, y, batch_size: int, *, chunk: int = 256, noise=None):
+def evaluate(
+    model,
+    state,
+    x,
+    y,
+    batch_size: int,
+    *,
+    chunk: int = 256,
+    noise=None,
+    return_predictions: bool = False,
+):
     """Inference-mode accuracy and mean NFE over all of `x` with test batches of
     `batch_size` (the last batch may be smaller).
 
     Up to `chunk` samples are processed per call, as `chunk // batch_size`
     independent batches (vmapped), so small test batches stay cheap. `noise`: an
-    optional `x -> x` applied to the inputs first.
+    optional `x -> x` applied to the inputs first. With `return_predictions`, the
+    predicted classes come third.
     """
     model = eqx.nn.inference_mode(model)
     groups = max(1, chunk // batch_size)
@@ -250,7 +261,8 @@ def evaluate(model, state, x, y, batch_size: int, *, chunk: int = 256, noise=Non
         preds.append(np.asarray(pred))
         nfes.append(np.asarray(nfe))
     pred = np.concatenate(preds)
-    return float(np.mean(pred == y)), float(np.mean(np.concatenate(nfes)))
+    result = float(np.mean(pred == y)), float(np.mean(np.concatenate(nfes)))
+    return (*result, pred) if return_predictions else result
 
 
 def write_json(path: pathlib.Path, obj) -> None:

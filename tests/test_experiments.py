@@ -144,3 +144,41 @@ def test_regularization_mnist_smoke_and_exact_resume(tmp_path, capsys):
     _, h_full = td.Checkpointer(tmp_path / "full/checkpoint").latest()
     _, h_split = td.Checkpointer(tmp_path / "split/checkpoint").latest()
     assert h_full["history"]["ce"] == h_split["history"]["ce"]
+
+
+def _ablations(tmp_path, studies, norms):
+    import tabn_ablations
+
+    return tabn_ablations.main(
+        ["--data", "synthetic", "--study", studies, "--norms", norms,
+         "--depths", "4", "--epochs", "1", "--train-limit", "64",
+         "--test-limit", "40", "--hidden", "8", "--batch-size", "32",
+         "--out", str(tmp_path)]
+    )  # fmt: skip
+
+
+def test_tabn_ablations_smoke(tmp_path):
+    """The TA-BN ablation script runs (depth, noise, statistics studies) on a few
+    generated batches and writes its tables and figures."""
+    import tabn_ablations
+
+    res = _ablations(tmp_path, "depth,noise,stats", "tabn")
+    # TA-BN solves each sample on its own: noisy neighbours cannot change a clean
+    # sample's prediction.
+    tabn = res["noise"][0]
+    assert tabn["acc_clean_batches"] == tabn["acc_clean_in_noisy_batches"]
+    assert [(r["depth"], r["norm"]) for r in res["depth"]] == [(4, "tabn"), (4, "none")]
+    assert len(res["stats"]) == 101
+    for name in ("noise.json", "noise.png", "depth.png", "stats.png"):
+        assert (tmp_path / name).exists()
+    with pytest.raises(ValueError, match="--study"):
+        tabn_ablations.main(["--study", "bogus", "--data", "synthetic"])
+
+
+@pytest.mark.slow
+def test_tabn_ablations_all_studies(tmp_path):
+    res = _ablations(tmp_path, "depth,noise,solver,grid,stats", "tabn,minibatch")
+    assert [r["grid"] for r in res["grid"]] == [10, 50, 100, 500]
+    assert {(r["norm"], r["solver"]) for r in res["solver"]} == {
+        ("tabn", "euler"), ("tabn", "dopri5"), ("none", "euler"), ("none", "dopri5")
+    }  # fmt: skip

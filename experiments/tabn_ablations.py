@@ -1,0 +1,268 @@
+"""TA-BN ablations of Zheng et al. (2024) on the offline MNIST split.
+
+Studies (`--study`, comma-separated):
+
+- `noise`: one test sample in ten carries Gaussian noise (std `--noise-std`, in
+  normalised pixel units); accuracy on the clean nine in ten, test batch 256, for every
+  normalisation (the paper's Fig. 3 middle: with mini-batch BN the noisy samples
+  corrupt the batch statistics used for the clean ones; TA-BN and Pop-TI BN solve each
+  sample on its own with running statistics, so the clean samples are untouched).
+- `solver`: Euler (20 fixed steps) vs dopri5 (rtol = atol = 1e-3) for TA-BN and no BN
+  (the paper's Table 4).
+- `grid`: TA-BN with M = 10 / 50 / 100 / 500 grid intervals (Table 5).
+- `depth`: conv vector fields with 4 / 6 / 8 / 10 / 12 layers, TA-BN vs no BN (Figs. 1
+  and 6). Conv fields inside a solve are slow on CPU: use `--train-limit`.
+- `stats`: the first TA-BN layer's running mean and variance over t (Fig. 3 right).
+
+Every run uses the paper's recipe (`common.ClassifierConfig`: AdamW 1e-3, weight decay
+2e-2, lr x0.1 at half the steps, clip 10, affine penalty 0.1 for TA-BN), checkpoints
+per epoch under `--out` and resumes. Writes `<study>.json` and `<study>.png`.
+
+    python experiments/tabn_ablations.py --study noise,solver,grid,stats
+    python experiments/tabn_ablations.py --study depth --train-limit 2000 --epochs 1
+"""
+
+import argparse
+import dataclasses
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    ClassifierConfig,
+    evaluate,
+    load_image_data,
+    print_table,
+    train_classifier,
+    write_json,
+)
+
+
+STUDIES = ("noise", "solver", "grid", "depth", "stats")
+
+
+def _train(cfg: ClassifierConfig, data, out: pathlib.Path, label: str):
+    name = "_".join(
+        f"{k}{v}" for k, v in dataclasses.asdict(cfg).items()
+        if v != getattr(ClassifierConfig(), k)
+    ) or "default"  # fmt: skip
+    return train_classifier(
+        cfg, data, label=label, checkpoint_dir=out / "checkpoints" / name
+    )
+
+
+def _row(cfg, model, state, history, data, **extra):
+    x, y = data["test"]
+    acc, nfe = evaluate(model, state, x, y, 256)
+    return dict(
+        norm=cfg.norm, field=cfg.field, solver=cfg.solver, grid=cfg.num_intervals,
+        test_acc=acc, test_nfe=nfe, train_nfe=history[-1]["train_nfe"],
+        train_s=history[-1]["seconds"], **extra,
+    )  # fmt: skip
+
+
+def study_noise(base, data, out, args):
+    x, y = data["test"]
+    noisy = np.arange(len(x)) % 10 == 0
+    rng = np.random.default_rng(args.seed)
+    x_noisy = x + args.noise_std * noisy[:, None, None, None] * rng.standard_normal(
+        x.shape
+    ).astype(x.dtype)
+    rows = []
+    for norm in args.norms.split(","):
+        cfg = dataclasses.replace(base, norm=norm)
+        model, state, history = _train(cfg, data, out, norm)
+        _, _, clean_pred = evaluate(model, state, x, y, 256, return_predictions=True)
+        _, _, pred = evaluate(model, state, x_noisy, y, 256, return_predictions=True)
+        rows.append(
+            dict(
+                norm=norm,
+                acc_clean_batches=float(np.mean(clean_pred[~noisy] == y[~noisy])),
+                acc_clean_in_noisy_batches=float(np.mean(pred[~noisy] == y[~noisy])),
+                acc_noisy_samples=float(np.mean(pred[noisy] == y[noisy])),
+            )
+        )
+    columns = [
+        ("norm", "normalisation"), ("acc_clean_batches", "clean acc, clean batches"),
+        ("acc_clean_in_noisy_batches", "clean acc, 1-in-10 noisy batches"),
+        ("acc_noisy_samples", "acc of noisy samples"),
+    ]  # fmt: skip
+    return rows, columns
+
+
+def study_solver(base, data, out, args):
+    rows = []
+    for norm in ("tabn", "none"):
+        for solver in ("euler", "dopri5"):
+            cfg = dataclasses.replace(base, norm=norm, solver=solver)
+            rows.append(_row(cfg, *_train(cfg, data, out, f"{norm} {solver}"), data))
+    return rows, _columns()
+
+
+def study_grid(base, data, out, args):
+    rows = []
+    for m in (10, 50, 100, 500):
+        cfg = dataclasses.replace(base, norm="tabn", num_intervals=m)
+        rows.append(_row(cfg, *_train(cfg, data, out, f"M={m}"), data))
+    return rows, _columns()
+
+
+def pad_to_multiple(data, multiple: int = 8):
+    """Images padded (with the background value) to a side divisible by `multiple`,
+    so that the conv fields' three stride-2 downs and ups give back the input size
+    (MNIST 28x28 -> 32x32, the paper's CIFAR size)."""
+    padded = {}
+    for split, (x, y) in data.items():
+        h, w = x.shape[1:3]
+        ph, pw = -h % multiple, -w % multiple
+        widths = ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0))
+        padded[split] = (np.pad(x, widths, constant_values=x.min()), y)
+    return padded
+
+
+def study_depth(base, data, out, args):
+    data = pad_to_multiple(data)
+    rows = []
+    for depth in [int(d) for d in args.depths.split(",")]:
+        for norm in ("tabn", "none"):
+            cfg = dataclasses.replace(base, norm=norm, field=f"conv{depth}")
+            model, state, history = _train(cfg, data, out, f"conv{depth} {norm}")
+            rows.append(
+                _row(
+                    cfg, model, state, history, data, depth=depth,
+                    train_loss=history[-1]["loss"],
+                )
+            )  # fmt: skip
+    return rows, [("depth", "conv layers"), ("train_loss", "train loss")] + _columns()
+
+
+def study_stats(base, data, out, args):
+    cfg = dataclasses.replace(base, norm="tabn")
+    model, state, _ = _train(cfg, data, out, "tabn")
+    layer = model.ode.field.norms[0]
+    ts = jnp.linspace(0.0, 1.0, cfg.num_intervals + 1)
+    mean, var = jax.vmap(lambda t: layer.statistics_at(t, state))(ts)
+    weight, bias = jax.vmap(layer.affine_at)(ts)
+    rows = [dict(t=float(t), mean=m.tolist(), var=v.tolist()) for t, m, v in
+            zip(ts, np.asarray(mean[:, :8]), np.asarray(var[:, :8]))]  # fmt: skip
+    _plot_stats(ts, mean, var, weight, bias, out / "stats.png")
+    spread = np.asarray(mean.max(0) - mean.min(0))
+    print(
+        f"first TA-BN layer: running mean varies over t by {spread.mean():.3f} on "
+        f"average (max {spread.max():.3f}) across {spread.size} channels"
+    )
+    return rows, None
+
+
+def _columns():
+    return [
+        ("norm", "normalisation"), ("field", "field"), ("solver", "solver"),
+        ("grid", "M"), ("test_acc", "test acc"), ("test_nfe", "test NFE"),
+        ("train_nfe", "train NFE"), ("train_s", "train s"),
+    ]  # fmt: skip
+
+
+def _plot_stats(ts, mean, var, weight, bias, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3))
+    titles = ("running mean", "running var", "weight", "bias")
+    for ax, values, title in zip(axes, (mean, var, weight, bias), titles):
+        ax.plot(ts, np.asarray(values)[:, :8])
+        ax.set(xlabel="t", title=f"{title} (8 channels)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_rows(study, rows, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    if study == "noise":
+        labels = [r["norm"] for r in rows]
+        pos = np.arange(len(rows))
+        ax.bar(pos - 0.2, [r["acc_clean_batches"] for r in rows], 0.4, label="clean")
+        ax.bar(pos + 0.2, [r["acc_clean_in_noisy_batches"] for r in rows], 0.4,
+               label="1 in 10 noisy")  # fmt: skip
+        ax.set(xticks=pos, xticklabels=labels, ylabel="accuracy on clean samples")
+        ax.legend()
+    elif study == "depth":
+        for norm in ("tabn", "none"):
+            sel = [r for r in rows if r["norm"] == norm]
+            ax.plot([r["depth"] for r in sel], [r["test_acc"] for r in sel], "o-",
+                    label=norm)  # fmt: skip
+        ax.set(xlabel="conv layers in the vector field", ylabel="test accuracy")
+        ax.legend()
+    else:
+        labels = [f"{r['norm']} {r['solver']} M={r['grid']}" for r in rows]
+        ax.barh(labels, [r["test_acc"] for r in rows])
+        ax.set(xlabel="test accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--study", default="noise,solver,grid,stats",
+                        help=f"comma-separated, from {STUDIES}")  # fmt: skip
+    parser.add_argument(
+        "--data", default="auto", choices=["auto", "mnist", "synthetic"]
+    )
+    parser.add_argument("--norms", default="tabn,minibatch,popti,none")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--noise-std", type=float, default=3.0)
+    parser.add_argument("--depths", default="4,6,8,10,12")
+    parser.add_argument("--train-limit", type=int, default=None)
+    parser.add_argument("--test-limit", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="results/tabn_ablations")
+    args = parser.parse_args(argv)
+    studies = args.study.split(",")
+    for s in studies:
+        if s not in STUDIES:
+            raise ValueError(f"--study: unknown study {s!r}; expected {STUDIES}.")
+    data, description = load_image_data(args.data, seed=args.seed)
+    if args.train_limit:
+        data["train"] = tuple(a[: args.train_limit] for a in data["train"])
+    if args.test_limit:
+        data["test"] = tuple(a[: args.test_limit] for a in data["test"])
+    base = ClassifierConfig(
+        hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size,
+        seed=args.seed,
+    )  # fmt: skip
+    out = pathlib.Path(args.out)
+    results = {}
+    for study in studies:
+        print(f"\n== {study} ({description}, {args.epochs} epochs, seed {args.seed})")
+        rows, columns = globals()[f"study_{study}"](base, data, out, args)
+        if columns is not None:
+            print_table(rows, columns)
+            _plot_rows(study, rows, out / f"{study}.png")
+        write_json(out / f"{study}.json", dict(data=description, args=vars(args),
+                                                 rows=rows))  # fmt: skip
+        results[study] = rows
+    return results
+
+
+if __name__ == "__main__":
+    main()
