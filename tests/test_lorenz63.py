@@ -1,0 +1,342 @@
+"""The Lorenz'63 adaptive-solver study: Fehlberg's step, chaos metrics, the data
+generator and loader, and a smoke test of experiments/lorenz63.py."""
+
+import json
+import math
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import SHARED
+
+import tadiffeq.data._lorenz63 as lorenz_data
+import tadiffeq.dynamics as tdd
+from tadiffeq.data import generate_lorenz63, load_lorenz63
+
+
+EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
+
+A = np.array([[-0.5, 1.0, 0.0], [-1.0, -0.3, 0.2], [0.1, 0.0, -0.8]])
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    with jax.enable_x64(True):
+        yield
+
+
+def linear_field(a):
+    return lambda x: x @ jnp.asarray(a).T
+
+
+def rk3_matrix(a, h):
+    """One RK3 step of dx/dt = a x is x -> (I + ha + (ha)^2/2 + (ha)^3/6) x."""
+    ha = h * a
+    return np.eye(3) + ha + ha @ ha / 2 + ha @ ha @ ha / 6
+
+
+def test_fehlberg_step_matches_hand_computation_on_a_linear_field():
+    h = 0.5
+    x = np.array([[1.0, -2.0, 0.5], [0.3, 0.1, -1.0]])
+    step = tdd.FehlbergStep(eps=1e3, h=h)  # everything accepted
+    y, info = step(linear_field(A), jnp.asarray(x))
+    f1 = x @ A.T
+    f2 = (x + h * f1) @ A.T
+    f3 = (x + h / 4 * (f1 + f2)) @ A.T
+    a1 = x + h / 2 * (f1 + f2)
+    a2 = x + h / 6 * (f1 + f2 + 4 * f3)
+    np.testing.assert_allclose(y, a2, rtol=1e-13)
+    np.testing.assert_allclose(y, x @ rk3_matrix(A, h).T, rtol=1e-13)
+    # For a linear field A1 - A2 = -h^3/6 A^3 x, so r = h^2/6 |A^3 x|_1.
+    r = np.abs(a1 - a2).sum(-1) / h
+    np.testing.assert_allclose(info.error_rate, r, rtol=1e-12)
+    a3x = x @ np.linalg.matrix_power(A, 3).T
+    np.testing.assert_allclose(r, h**2 / 6 * np.abs(a3x).sum(-1), rtol=1e-12)
+    assert info.accepted.all() and (info.num_substeps == 1).all()
+    assert (info.num_fn_evals == 3).all() and (info.num_rejected == 0).all()
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_substeps_exactly_when_r_reaches_eps(shared):
+    """r scales with |x| on a linear field: samples at 0.5, 1, 3, 20 and 1000 times
+    the reference, with eps the reference's own r (so r == eps there)."""
+    scales = np.array([0.5, 1.0, 3.0, 20.0, 1000.0])
+    x = jnp.asarray(scales[:, None] * np.array([1.0, -2.0, 0.5]))
+    f = linear_field(A)
+    _, probe = tdd.FehlbergStep(eps=1e9)(f, x)
+    r = np.asarray(probe.error_rate)
+    eps = float(r[1])
+    step = tdd.FehlbergStep(eps=eps, shared=shared)
+    y, info = step(f, x)
+    np.testing.assert_array_equal(info.error_rate, r)
+    assert info.accepted.tolist() == [True, False, False, False, False]
+    want = [min(math.ceil(math.sqrt(ri / eps) / 0.9), 10) for ri in r]
+    assert want[1:] == [2, 2, 5, 10]  # r == eps: rejected, h' = 0.9 h, n = 2
+    np.testing.assert_allclose(info.proposed_substeps, np.sqrt(r / eps) / 0.9)
+    n = [1] + ([max(want[1:])] * 4 if shared else want[1:])
+    assert info.num_substeps.tolist() == n
+    assert info.num_fn_evals.tolist() == [3] + [3 + 3 * k for k in n[1:]]
+    for i, k in enumerate(n):
+        m = np.linalg.matrix_power(rk3_matrix(A, 1.0 / k), k)
+        np.testing.assert_allclose(y[i], m @ np.asarray(x[i]), rtol=1e-12)
+
+
+def test_fehlberg_training_reads_the_target_with_stopped_gradient():
+    x = jnp.asarray([[0.1, -0.2, 0.05], [0.05, 0.05, 0.05]])
+    f = linear_field(A)
+    exact = x @ jnp.asarray(rk3_matrix(A, 1.0)).T  # A2 of every sample
+    target = exact.at[0].add(jnp.array([0.3, -0.2, 0.1]))  # r_0 = 0.6, r_1 = 0
+    step = tdd.FehlbergStep(eps=0.1, mode="fehlberg")
+    y, info = step(f, x, target)
+    np.testing.assert_allclose(info.error_rate, [0.6, 0.0], atol=1e-12)
+    assert info.accepted.tolist() == [False, True]
+    n = math.ceil(math.sqrt(0.6 / 0.1) / 0.9)  # 3
+    assert info.num_substeps.tolist() == [n, 1]
+    # The naive rule ignores the target: A1 - A2 is small here, so all accepted.
+    y_naive, naive = tdd.FehlbergStep(eps=0.1)(f, x, target)
+    assert naive.accepted.all()
+    np.testing.assert_array_equal(y_naive, tdd.FehlbergStep(eps=0.1)(f, x)[0])
+
+    @jax.jit
+    def loss(a, target):
+        y, _ = step(linear_field(a), x, target)
+        return jnp.sum((y - target) ** 2)
+
+    a = jnp.asarray(A)
+    grad_a, grad_target = jax.jit(jax.grad(loss, argnums=(0, 1)))(a, target)
+
+    def by_hand(a, target):  # sample 0: n substeps of RK3; sample 1: one step
+        h = 1.0 / n
+        ha = h * a
+        m = jnp.eye(3) + ha + ha @ ha / 2 + ha @ ha @ ha / 6
+        y0 = jnp.linalg.matrix_power(m, n) @ x[0]
+        ha = a
+        m1 = jnp.eye(3) + ha + ha @ ha / 2 + ha @ ha @ ha / 6
+        y1 = m1 @ x[1]
+        return jnp.sum((jnp.stack([y0, y1]) - target) ** 2)
+
+    want_a, want_target = jax.jit(jax.grad(by_hand, argnums=(0, 1)))(a, target)
+    np.testing.assert_allclose(grad_a, want_a, rtol=1e-10)
+    # The target reaches the loss only through the MSE, never through r.
+    np.testing.assert_allclose(grad_target, want_target, rtol=1e-10, atol=1e-15)
+    # A central finite difference agrees (the substep count is locally constant).
+    e = jnp.zeros((3, 3)).at[1, 2].set(1e-6)
+    fd = (loss(a + e, target) - loss(a - e, target)) / 2e-6
+    np.testing.assert_allclose(grad_a[1, 2], fd, rtol=1e-6)
+
+
+def test_one_step_errors():
+    f = linear_field(A)
+    x = jnp.ones((2, 3))
+    with pytest.raises(ValueError, match="pass `target`"):
+        tdd.FehlbergStep(mode="fehlberg")(f, x)
+    # (the jaxtyping hook of the test run raises its TypeError first)
+    with pytest.raises((ValueError, TypeError), match="target"):
+        tdd.FehlbergStep(mode="fehlberg")(f, x, jnp.ones((3, 3)))
+    with pytest.raises((ValueError, TypeError), match="x"):
+        tdd.FehlbergStep()(f, jnp.ones(3))
+    with pytest.raises(ValueError, match="`mode`"):
+        tdd.FehlbergStep(mode="adaptive")
+    with pytest.raises(ValueError, match="`eps`"):
+        tdd.FehlbergStep(eps=0.0)
+    with pytest.raises(ValueError, match="`max_substeps`"):
+        tdd.FehlbergStep(max_substeps=0)
+    with pytest.raises(ValueError, match="`solver`"):
+        tdd.DiffraxStep("euler")
+    with pytest.raises(ValueError, match="`num_substeps`"):
+        tdd.RK4Step(num_substeps=0)
+
+
+def test_rk4_and_diffrax_steps_on_a_linear_field():
+    x = jnp.asarray([[1.0, -2.0, 0.5], [0.2, 0.1, 0.0]])
+    exact = x @ jnp.asarray(_expm(A * 0.1)).T
+    y, info = tdd.RK4Step(h=0.1, num_substeps=2)(linear_field(A), x)
+    np.testing.assert_allclose(y, exact, atol=1e-8)
+    assert info.num_fn_evals.tolist() == [8, 8]
+    # A solve per sample: the tiny state passes in one step of h = 1 (the error
+    # scales with the state, the tolerance does not below atol), the other not.
+    x = x.at[1].multiply(1e-9)
+    y, info = tdd.DiffraxStep(rtol=1e-8, atol=1e-8)(linear_field(A), x)
+    np.testing.assert_allclose(y, x @ jnp.asarray(_expm(A)).T, atol=1e-7)
+    assert info.accepted.tolist() == [False, True]
+    assert info.num_substeps[0] > 1 and info.num_fn_evals[1] == 7
+
+
+@pytest.mark.slow
+def test_diffrax_step_as_one_system():
+    x = jnp.asarray([[1.0, -2.0, 0.5], [1e-9, 0.0, 0.0]])
+    y, info = tdd.DiffraxStep(rtol=1e-8, atol=1e-8, per_sample=False)(
+        linear_field(A), x
+    )
+    np.testing.assert_allclose(y, x @ jnp.asarray(_expm(A)).T, atol=1e-7)
+    assert not info.accepted.any() and (info.num_substeps > 1).all()
+    assert info.num_substeps[0] == info.num_substeps[1]
+
+
+def _expm(a, terms=30):
+    out, term = np.eye(3), np.eye(3)
+    for k in range(1, terms):
+        term = term @ a / k
+        out = out + term
+    return out
+
+
+def test_lyapunov_exponents_of_the_true_lorenz_system():
+    lorenz = tdd.Lorenz63(time_scale=0.01)
+    rk4 = tdd.RK4Step()
+    step = lambda x: rk4(lorenz, x[None])[0][0]
+    x0 = jnp.array([1.0, 1.0, 20.0])
+    spectrum = jax.jit(
+        lambda x0: tdd.lyapunov_spectrum(step, x0, 10000, 0.01, transient=1000)
+    )(x0)
+    assert abs(spectrum[0] - 0.906) < 0.09, spectrum
+    assert abs(spectrum[1]) < 0.05, spectrum
+    # The flow contracts volume at the rate sigma + 1 + beta.
+    np.testing.assert_allclose(spectrum.sum(), -(10 + 1 + 8 / 3), rtol=1e-3)
+    lle = tdd.largest_lyapunov_exponent(step, x0, 2000, 0.01, transient=200)
+    assert 0.7 < lle < 1.1
+    with pytest.raises(ValueError, match="`num_exponents`"):
+        tdd.lyapunov_spectrum(step, x0, 10, 0.01, num_exponents=4)
+
+
+def test_valid_prediction_time_on_a_hand_made_example():
+    t = np.arange(10)
+    true = np.zeros((3, 10, 3))
+    true[..., 0] = t
+    pred = true.copy()
+    pred[0, :, 1] = 0.25 * t  # error 0.25 k: above 0.4 * 2 = 0.8 from k = 4
+    pred[1, :, 1] = 0.01  # never above: the lower bound, the whole run
+    pred[2, 2:, :] = np.nan  # a blown-up run fails at k = 2
+    vpt = tdd.valid_prediction_time(
+        pred, true, dt=0.5, threshold=0.4, lyapunov_exponent=0.9, scale=2.0
+    )
+    np.testing.assert_allclose(vpt, np.array([4, 10, 2]) * 0.5 * 0.9)
+    # The default scale is sqrt(mean ||x - mean||^2) over `true`: here std of t.
+    np.testing.assert_allclose(tdd.attractor_scale(true), np.std(t))
+    err = tdd.normalised_error(pred[:1], true[:1])
+    np.testing.assert_allclose(err[0], 0.25 * t / np.std(t))
+    with pytest.raises(ValueError, match="same shape"):
+        tdd.valid_prediction_time(pred, true[:2], dt=0.5)
+    with pytest.raises(ValueError, match="`dt`"):
+        tdd.valid_prediction_time(pred, true, dt=0.0)
+
+
+def test_attractor_statistics_and_histogram_distance():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20000, 3)) * [1.0, 2.0, 3.0] + [0.0, 1.0, 20.0]
+    ranges = np.array([[-5.0, 5.0], [-9.0, 11.0], [5.0, 35.0]])
+    a = tdd.attractor_statistics(x, bins=30, ranges=ranges)
+    np.testing.assert_allclose(a.mean, [0, 1, 20], atol=0.1)
+    np.testing.assert_allclose(a.std, [1, 2, 3], rtol=0.05)
+    np.testing.assert_allclose(a.histograms.sum(-1), 1.0, atol=1e-3)
+    b = tdd.attractor_statistics(x + [0.0, 0.0, 50.0], bins=30, ranges=ranges)
+    d = tdd.histogram_distance(a, b)
+    assert d[0] == d[1] == 0.0 and d[2] > 0.99  # moved out of the range
+    blown = np.concatenate([x, np.full((10, 3), np.inf)])
+    assert not tdd.attractor_statistics(blown, ranges=ranges).finite
+    with pytest.raises(ValueError, match="bin edges"):
+        tdd.histogram_distance(a, tdd.attractor_statistics(x, bins=10))
+
+
+def test_generator_matches_the_flow_and_caches(tmp_path, monkeypatch):
+    from scipy.integrate import solve_ivp  # a dependency of jax
+
+    x0 = np.array([1.0, 1.0, 20.0])
+    y = generate_lorenz63(200, 0.01, x0, cache_dir=tmp_path)
+    assert y.shape == (200, 3) and y.dtype == np.float64
+    np.testing.assert_array_equal(y[0], x0)
+
+    # scipy's DOP853 at rtol = atol = 1e-12 over the same 2 time units.
+    def lorenz(t, v):
+        return [
+            10 * (v[1] - v[0]),
+            v[0] * (28 - v[2]) - v[1],
+            v[0] * v[1] - 8 / 3 * v[2],
+        ]
+
+    ref = solve_ivp(
+        lorenz, (0.0, 1.99), x0,
+        method="DOP853", t_eval=np.arange(200) * 0.01, rtol=1e-12, atol=1e-12,
+    ).y.T  # fmt: skip
+    np.testing.assert_allclose(y, ref, atol=1e-7)
+    assert len(list(tmp_path.glob("lorenz63_*.npy"))) == 1
+    # The second call reads the cache (integrating would fail here).
+    monkeypatch.setattr(lorenz_data, "_integrate", None)
+    np.testing.assert_array_equal(
+        generate_lorenz63(200, 0.01, x0, cache_dir=tmp_path), y
+    )
+    with pytest.raises(ValueError, match="`n`"):
+        generate_lorenz63(1)
+    with pytest.raises(ValueError, match="`x0`"):
+        generate_lorenz63(10, x0=np.ones(4))
+
+
+def test_loader_errors_and_env(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "train.npy")):
+        load_lorenz63(tmp_path)
+    np.save(tmp_path / "train.npy", np.zeros((4, 3)))
+    np.save(tmp_path / "test.npy", np.ones((5, 3)))
+    monkeypatch.setenv("TADIFFEQ_LORENZ63_DIR", str(tmp_path))
+    d = load_lorenz63()
+    assert d["train"].shape == (4, 3) and d["test"].shape == (5, 3)
+    np.save(tmp_path / "test.npy", np.ones((5, 2)))
+    with pytest.raises(ValueError, match=r"\(N, 3\)"):
+        load_lorenz63(tmp_path)
+
+
+def test_shared_lorenz63_files():
+    path = SHARED / "lorenz63"
+    if not (path / "train.npy").exists():
+        pytest.skip("the study's Lorenz'63 files are absent")
+    d = load_lorenz63(path)
+    assert d["train"].shape == d["test"].shape == (5000, 3)
+    np.testing.assert_array_equal(d["train"][0], [0.01, 0.0, 0.0])
+    # test continues train: one sample step (0.01) of the exact flow, up to the
+    # files' loose tolerances.
+    step = generate_lorenz63(200, 0.01, d["train"][-1])[1]  # one compiled size
+    np.testing.assert_allclose(step, d["test"][0], atol=2e-2)
+
+
+def test_experiment_smoke_and_resume(tmp_path, capsys):
+    import lorenz63
+
+    # Sizes chosen so the generator and the free runs compile once each.
+    args = ["--data", "generated", "--n-points", "250", "--solvers", "rk4",
+            "--iterations", "4", "--num-ics", "50", "--horizon", "40",
+            "--long-steps", "40", "--lyap-steps", "50", "--hidden", "8",
+            "--log-every", "2", "--out", str(tmp_path)]  # fmt: skip
+    rows = lorenz63.main(args)
+    out = capsys.readouterr().out
+    assert "VPT mean" in out and "rk4" in out
+    saved = json.loads((tmp_path / "lorenz63_seed0.json").read_text())
+    row = saved["rows"][0]
+    assert row["solver"] == "rk4" and len(row["vpt_all"]) == 50
+    assert np.isfinite(row["test_mse"]) and 0 <= row["vpt"]["median"] <= 0.4
+    assert row["inference_one_step"]["acceptance"] == 1.0
+    assert saved["truth"]["lyapunov_spectrum"][2] < -10
+    run_dir = tmp_path / "rk4_seed0"
+    for name in ("result.json", "attractor.png", "timeseries.png", "histograms.png"):
+        assert (run_dir / name).exists(), name
+    assert (tmp_path / "vpt.png").exists() and (
+        tmp_path / "training_curves.png"
+    ).exists()
+    # A rerun reads the finished result.
+    again = lorenz63.main(args)
+    assert "finished earlier" in capsys.readouterr().out
+    assert again[0]["test_mse"] == rows[0]["test_mse"]
+    # Interrupted after 2 iterations, then resumed: the same model as straight.
+    cfg = lorenz63.LorenzConfig(
+        solver="rk4", iterations=4, hidden=8, data="generated", n_points=250,
+        num_ics=50, horizon=40, long_steps=40, lyap_steps=50,
+    )  # fmt: skip
+    out_dir = tmp_path / "interrupted" / "rk4_seed0"
+    kw = dict(figures=False, log_every=2)
+    assert lorenz63.run(cfg, out_dir, stop_after=2, **kw) is None
+    resumed = lorenz63.run(cfg, out_dir, **kw)
+    assert "resumed from iteration 2" in capsys.readouterr().out
+    assert resumed["train_loss"] == rows[0]["train_loss"]
+    assert resumed["test_mse"] == rows[0]["test_mse"]
