@@ -115,16 +115,11 @@ def test_regularization_mnist_smoke_and_exact_resume(tmp_path, capsys):
     import regularization_mnist as rm
 
     rows = rm.main(
-        ["--data", "synthetic", "--regularizers", "none,local,local_biased,global",
+        ["--data", "synthetic", "--regularizers", "none,local_biased",
          "--steps", "3", "--batch-size", "64", "--hidden", "16", "--eval-batch", "250",
          "--out", str(tmp_path / "smoke")]
     )  # fmt: skip
-    assert [r["regularizer"] for r in rows] == [
-        "none",
-        "local",
-        "local_biased",
-        "global",
-    ]
+    assert [r["regularizer"] for r in rows] == ["none", "local_biased"]
     assert "NFE ratio" in capsys.readouterr().out
     sde = rm.main(
         ["--model", "sde", "--data", "synthetic", "--regularizers", "local",
@@ -158,18 +153,17 @@ def _ablations(tmp_path, studies, norms):
 
 
 def test_tabn_ablations_smoke(tmp_path):
-    """The TA-BN ablation script runs (depth, noise, statistics studies) on a few
-    generated batches and writes its tables and figures."""
+    """The TA-BN ablation script runs (noise and statistics studies; all studies in
+    the slow test) on a few generated batches and writes its tables and figures."""
     import tabn_ablations
 
-    res = _ablations(tmp_path, "depth,noise,stats", "tabn")
+    res = _ablations(tmp_path, "noise,stats", "tabn")  # one model, reused
     # TA-BN solves each sample on its own: noisy neighbours cannot change a clean
     # sample's prediction.
     tabn = res["noise"][0]
     assert tabn["acc_clean_batches"] == tabn["acc_clean_in_noisy_batches"]
-    assert [(r["depth"], r["norm"]) for r in res["depth"]] == [(4, "tabn"), (4, "none")]
     assert len(res["stats"]) == 101
-    for name in ("noise.json", "noise.png", "depth.png", "stats.png"):
+    for name in ("noise.json", "noise.png", "stats.png"):
         assert (tmp_path / name).exists()
     with pytest.raises(ValueError, match="--study"):
         tabn_ablations.main(["--study", "bogus", "--data", "synthetic"])
@@ -178,6 +172,7 @@ def test_tabn_ablations_smoke(tmp_path):
 @pytest.mark.slow
 def test_tabn_ablations_all_studies(tmp_path):
     res = _ablations(tmp_path, "depth,noise,solver,grid,stats", "tabn,minibatch")
+    assert [(r["depth"], r["norm"]) for r in res["depth"]] == [(4, "tabn"), (4, "none")]
     assert [r["grid"] for r in res["grid"]] == [10, 50, 100, 500]
     assert {(r["norm"], r["solver"]) for r in res["solver"]} == {
         ("tabn", "euler"), ("tabn", "dopri5"), ("none", "euler"), ("none", "dopri5")

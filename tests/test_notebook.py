@@ -4,7 +4,6 @@ import json
 import os
 import pathlib
 
-import matplotlib
 import pytest
 
 
@@ -27,7 +26,7 @@ def notebook_script(path: pathlib.Path) -> str:
 
 
 def test_quickstart_notebook_runs(monkeypatch):
-    pytest.importorskip("matplotlib")
+    matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")
     monkeypatch.setenv("TADIFFEQ_NOTEBOOK_STEPS", "4")
     monkeypatch.setenv("TADIFFEQ_NOTEBOOK_SUBSET", "512")
