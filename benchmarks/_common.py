@@ -1,0 +1,228 @@
+"""Shared helpers of the benchmark scripts: the JAX models, the jitted steps, timing,
+tables and JSON output. Not part of the library."""
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import tadiffeq as td
+
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results" / "benchmarks"
+
+#: (height, width, channels) of each model's input.
+IMAGE_SHAPES = {"conv6": (32, 32, 3), "unet": (32, 32, 3), "mlp": (28, 28, 1)}
+NUM_CLASSES = 10
+LR, WEIGHT_DECAY = 1e-3, 2e-2
+
+ADJOINTS: dict[str, Callable[[], dfx.AbstractAdjoint]] = {
+    "checkpoint": dfx.RecursiveCheckpointAdjoint,
+    "backsolve": dfx.BacksolveAdjoint,
+}
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=20, help="timed repeats (median)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls first")
+    p.add_argument(
+        "--model", nargs="+", default=["conv6", "unet", "mlp"], choices=IMAGE_SHAPES
+    )
+    p.add_argument("--batch", type=int, nargs="+", default=[32, 256])
+    p.add_argument("--rtol", type=float, default=1e-3)
+    p.add_argument("--atol", type=float, default=1e-3)
+    p.add_argument("--max-steps", type=int, default=1000)
+    p.add_argument("--hidden", type=int, default=64, help="MLP hidden width")
+    p.add_argument("--out", type=str, default=None, help="JSON path (optional)")
+    return p
+
+
+def build_jax(
+    model: str,
+    *,
+    seed: int = 0,
+    norm: str = "tabn",
+    adjoint: str = "checkpoint",
+    rtol: float = 1e-3,
+    atol: float = 1e-3,
+    max_steps: int = 1000,
+    hidden: int = 64,
+    steps: int | None = None,
+    per_sample_inference: bool = False,
+):
+    """`(classifier, state)`: tadiffeq's unmixed classifier for `model`, dopri5 with
+    a PID controller (or `steps` constant steps), dropout 0 (for timing)."""
+    h, w, c = IMAGE_SHAPES[model]
+    nk = dict(num_intervals=100)
+
+    def make(key):
+        k1, k2 = jax.random.split(key)
+        if model == "conv6":
+            field = td.ConvField(c, 6, norm=norm, norm_kwargs=nk, key=k1)
+        elif model == "unet":
+            field = td.UNetField(c, norm=norm, norm_kwargs=nk, key=k1)
+        else:
+            field = td.MLPField(h * w * c, (hidden,), norm=norm, norm_kwargs=nk, key=k1)
+        if steps is None:
+            ctrl, dt0 = dfx.PIDController(rtol=rtol, atol=atol), None
+        else:
+            ctrl, dt0 = dfx.ConstantStepSize(), 1.0 / steps
+        node = td.NeuralODE(
+            field,
+            solver=dfx.Dopri5(),
+            stepsize_controller=ctrl,
+            dt0=dt0,
+            adjoint=ADJOINTS[adjoint](),
+            max_steps=max_steps,
+            per_sample_inference=per_sample_inference,
+        )
+        return td.UnmixedClassifier(node, (h, w, c), NUM_CLASSES, dropout=0.0, key=k2)
+
+    return eqx.nn.make_with_state(make)(jax.random.PRNGKey(seed))
+
+
+def make_data(model: str, batch: int, seed: int = 0):
+    """Random channels-last images N(0, 1) and labels (numpy)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, *IMAGE_SHAPES[model])).astype(np.float32)
+    y = rng.integers(0, NUM_CLASSES, batch).astype(np.int32)
+    return x, y
+
+
+def optimizer():
+    return optax.adamw(LR, weight_decay=WEIGHT_DECAY)
+
+
+def make_train_step(opt):
+    """A jitted training step: forward + backward + AdamW update. Returns
+    `(model, opt_state, state, loss, nfe)`."""
+
+    @eqx.filter_jit
+    def train_step(model, opt_state, state, x, y):
+        def loss_fn(model):
+            logits, new_state, stats = model(x, state)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            return loss, (new_state, stats.num_fn_evals)
+
+        (loss, (new_state, nfe)), grads = eqx.filter_value_and_grad(
+            loss_fn, has_aux=True
+        )(model)
+        params = eqx.filter(model, eqx.is_inexact_array)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return eqx.apply_updates(model, updates), opt_state, new_state, loss, nfe
+
+    return train_step
+
+
+@eqx.filter_jit
+def predict(model, state, x):
+    """Inference-mode logits and the forward NFE (pass an inference-mode model)."""
+    logits, _, stats = model(x, state)
+    return logits, stats.num_fn_evals
+
+
+@eqx.filter_jit
+def forward_train(model, state, x):
+    """Training-mode logits, new state and NFE (no gradient)."""
+    logits, new_state, stats = model(x, state)
+    return logits, new_state, stats.num_fn_evals
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    """`(seconds, result)` of `fn()`, which must block until its result is ready."""
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def summary(times: list[float]) -> dict:
+    return dict(
+        median_s=statistics.median(times),
+        min_s=min(times),
+        max_s=max(times),
+        repeats=len(times),
+        times_s=[round(t, 4) for t in times],
+    )
+
+
+def environment() -> dict:
+    env = dict(
+        python=platform.python_version(),
+        machine=platform.machine(),
+        cpu_count=os.cpu_count(),
+        jax=jax.__version__,
+        jax_backend=jax.default_backend(),
+        equinox=eqx.__version__,
+        diffrax=dfx.__version__ if hasattr(dfx, "__version__") else _version("diffrax"),
+        optax=optax.__version__,
+        xla_flags=os.environ.get("XLA_FLAGS", ""),
+    )
+    try:
+        with open("/proc/loadavg") as f:
+            env["loadavg_at_start"] = f.read().split()[:3]
+    except OSError:
+        pass
+    return env
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
+
+
+def write_json(name: str, obj, out: str | None = None) -> pathlib.Path:
+    path = pathlib.Path(out) if out else RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=_jsonable))
+    print(f"wrote {path}", file=sys.stderr)
+    return path
+
+
+def _jsonable(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, jax.Array):
+        return np.asarray(o).tolist()
+    raise TypeError(f"Cannot serialise {type(o).__name__}")
+
+
+def print_table(rows: list[dict], columns: list[tuple[str, str]]) -> None:
+    """A markdown table of `rows`; `columns` is `[(key, header)]`."""
+    cells = [[_fmt(r.get(k)) for k, _ in columns] for r in rows]
+    print("| " + " | ".join(h for _, h in columns) + " |")
+    print("|" + "|".join("---" for _ in columns) + "|")
+    for row in cells:
+        print("| " + " | ".join(row) + " |")
+    sys.stdout.flush()
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def block(tree):
+    return jax.block_until_ready(tree)
+
+
+def to_jnp(*arrays):
+    return tuple(jnp.asarray(a) for a in arrays)

@@ -1,0 +1,279 @@
+"""tadiffeq (JAX) against a PyTorch + torchdiffeq reference with identical weights.
+
+For each model and batch size: build tadiffeq's unmixed classifier, copy its weights
+into the torch reference (`torch_reference.py`), check that both give the same
+logits (training and inference mode) and the same number of function evaluations,
+then time
+
+- a training step (forward + backward + AdamW update), JAX with
+  `RecursiveCheckpointAdjoint` and `BacksolveAdjoint`, torch with `odeint_adjoint`
+  (the paper's setting) and plain `odeint` (backprop through the solver), and
+- an inference batch (forward only, the batch solved jointly on both sides).
+
+The configurations are timed interleaved (one repeat of each in turn), so that load
+from other processes affects all of them alike. Every repeat starts from the same
+weights and optimizer state, so every repeat does the same work. Reported: the
+median over `--repeats` after `--warmup` untimed calls (the first JAX call compiles).
+
+The torch side is skipped when torch or torchdiffeq is not installed.
+
+    python benchmarks/bench_vs_torch.py --model conv6 --batch 32 --repeats 20
+"""
+
+import os
+import sys
+
+
+# On a shared machine torch's OpenMP threads spin while waiting, which makes small
+# ops ~30x slower when other processes load the cores; passive waiting avoids it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import _common as C  # noqa: E402
+import equinox as eqx  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+try:
+    import torch
+    import torch.nn.functional as F
+    import torch_reference as R
+except ImportError as e:  # pragma: no cover - depends on the environment
+    torch = None
+    _TORCH_ERROR = str(e)
+
+
+def _jax_configs(args):
+    jax_models = {}
+    for adj in args.jax_adjoints:
+        jax_models[adj] = C.build_jax(
+            args.model_name,
+            seed=args.seed,
+            adjoint=adj,
+            rtol=args.rtol,
+            atol=args.atol,
+            max_steps=args.max_steps,
+            hidden=args.hidden,
+        )
+    return jax_models
+
+
+def run_one(args, model: str, batch: int) -> dict:
+    args.model_name = model
+    x, y = C.make_data(model, batch, args.seed)
+    xj, yj = C.to_jnp(x, y)
+    jax_models = _jax_configs(args)
+    jm, st0 = next(iter(jax_models.values()))
+    record = dict(model=model, batch=batch, checks={}, train=[], infer=[])
+
+    # A training-mode forward fills the TA-BN statistics used at inference.
+    logits_train, st1, nfe_train = C.block(C.forward_train(jm, st0, xj))
+    jm_inf = eqx.nn.inference_mode(jm)
+
+    tm = None
+    if torch is not None:
+        torch.manual_seed(args.seed)
+        tm = R.build(
+            model,
+            hidden=args.hidden,
+            rtol=args.rtol,
+            atol=args.atol,
+            land_on_t1=not args.torch_overshoot,
+            swap_weights=args.swap_weights,
+        )
+        xt = R.to_torch_images(x, model)
+        yt = torch.from_numpy(y.astype(np.int64))
+        # Equivalence: same logits and NFE in training and inference mode.
+        R.copy_from_jax(jm, st0, tm)
+        tm.train()
+        tm.func.nfe = 0
+        with torch.no_grad():
+            lt = tm(xt).numpy()
+        record["checks"]["train_forward"] = dict(
+            max_abs_diff=float(np.abs(lt - np.asarray(logits_train)).max()),
+            max_abs_logit=float(np.abs(lt).max()),
+            nfe_jax=int(nfe_train),
+            nfe_torch=tm.func.nfe,
+        )
+        R.copy_from_jax(jm, st1, tm)
+        tm.eval()
+        tm.func.nfe = 0
+        li_j, nfe_i = C.block(C.predict(jm_inf, st1, xj))
+        with torch.no_grad():
+            li_t = tm(xt).numpy()
+        record["checks"]["infer_forward"] = dict(
+            max_abs_diff=float(np.abs(li_t - np.asarray(li_j)).max()),
+            max_abs_logit=float(np.abs(li_t).max()),
+            nfe_jax=int(nfe_i),
+            nfe_torch=tm.func.nfe,
+        )
+        print(f"[{model} b{batch}] checks: {record['checks']}", flush=True)
+        R.copy_from_jax(jm, st0, tm)
+        init_sd = {k: v.clone() for k, v in tm.state_dict().items()}
+
+    if args.check_only:
+        return record
+
+    # ------------------------------------------------------------------ training
+    train_fns = {}
+    if "train" in args.what:
+        step = C.make_train_step(C.optimizer())
+        for adj, (m, s) in jax_models.items():
+            opt_state = C.optimizer().init(eqx.filter(m, eqx.is_inexact_array))
+
+            def jax_step(m=m, s=s, opt_state=opt_state):
+                _, _, _, loss, nfe = C.block(step(m, opt_state, s, xj, yj))
+                return dict(loss=float(loss), nfe=int(nfe), nfe_backward=None)
+
+            train_fns[f"jax:{adj}"] = jax_step
+        if tm is not None:
+            for mode in args.torch_modes:
+
+                def torch_step(mode=mode):
+                    tm.load_state_dict(init_sd)
+                    tm.train()
+                    tm.adjoint = mode == "adjoint"
+                    opt = torch.optim.AdamW(
+                        tm.parameters(), lr=C.LR, weight_decay=C.WEIGHT_DECAY
+                    )
+                    return _torch_train_step(tm, opt, xt, yt)
+
+                train_fns[f"torch:{mode}"] = torch_step
+        record["train"] = _interleaved(train_fns, args, f"{model} b{batch} train")
+
+    # ----------------------------------------------------------------- inference
+    if "infer" in args.what:
+        infer_fns = {}
+
+        def jax_infer():
+            _, nfe = C.block(C.predict(jm_inf, st1, xj))
+            return dict(nfe=int(nfe))
+
+        infer_fns["jax"] = jax_infer
+        if tm is not None:
+
+            def torch_infer():
+                tm.eval()
+                tm.func.nfe = 0
+                with torch.no_grad():
+                    tm(xt)
+                return dict(nfe=tm.func.nfe)
+
+            R.copy_from_jax(jm, st1, tm)
+            infer_fns["torch"] = torch_infer
+        record["infer"] = _interleaved(infer_fns, args, f"{model} b{batch} infer")
+    return record
+
+
+def _torch_train_step(tm, opt, xt, yt) -> dict:
+    opt.zero_grad(set_to_none=True)
+    tm.func.nfe = 0
+    logits = tm(xt)
+    nfe_forward = tm.func.nfe
+    loss = F.cross_entropy(logits, yt)
+    loss.backward()
+    opt.step()
+    return dict(
+        loss=float(loss.item()),
+        nfe=nfe_forward,
+        nfe_backward=tm.func.nfe - nfe_forward,
+    )
+
+
+def _interleaved(fns: dict, args, label: str) -> list[dict]:
+    """Warm-up, then `repeats` rounds of one timed call of each function in turn."""
+    info = {name: None for name in fns}
+    for name, fn in fns.items():
+        for _ in range(args.warmup):
+            t, info[name] = C.timed(fn)
+            print(f"[{label}] warm-up {name}: {t:.2f} s {info[name]}", flush=True)
+    times = {name: [] for name in fns}
+    for r in range(args.repeats):
+        for name, fn in fns.items():
+            t, info[name] = C.timed(fn)
+            times[name].append(t)
+        print(
+            f"[{label}] repeat {r + 1}/{args.repeats}: "
+            + ", ".join(f"{n} {ts[-1]:.3f}s" for n, ts in times.items()),
+            flush=True,
+        )
+    rows = []
+    for name in fns:
+        side, _, mode = name.partition(":")
+        row = dict(side=side, mode=mode or "-", **info[name])
+        rows.append(dict(row, **C.summary(times[name])))
+    return rows
+
+
+def main():
+    p = C.base_parser(__doc__.splitlines()[0])
+    p.add_argument("--what", nargs="+", default=["train", "infer"])
+    p.add_argument("--jax-adjoints", nargs="+", default=["checkpoint", "backsolve"])
+    p.add_argument("--torch-modes", nargs="+", default=["adjoint", "direct"])
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument(
+        "--check-only",
+        action="store_true",
+        help="only the equivalence checks (logits and NFE), no timing",
+    )
+    p.add_argument(
+        "--swap-weights",
+        action="store_true",
+        help="torch TA-BN with the authors' swapped interpolation weights (the "
+        "outputs then differ from tadiffeq's)",
+    )
+    p.add_argument(
+        "--torch-overshoot",
+        action="store_true",
+        help="let torchdiffeq step past t1 and interpolate (its default); by default "
+        "its last step is clipped to t1 as diffrax does (options step_t=[t1])",
+    )
+    args = p.parse_args()
+    env = C.environment()
+    if torch is None:
+        print(f"torch side skipped: {_TORCH_ERROR}", file=sys.stderr)
+    else:
+        torch.set_num_threads(args.threads)
+        env.update(
+            torch=torch.__version__,
+            torchdiffeq=R.torchdiffeq.__version__,
+            torch_threads=torch.get_num_threads(),
+        )
+    results = dict(environment=env, args=vars(args), runs=[])
+    name = "vs_torch_" + "_".join(args.model) + "_b" + "_".join(map(str, args.batch))
+    if args.check_only:
+        name += "_check"
+    for model in args.model:
+        for batch in args.batch:
+            rec = run_one(args, model, batch)
+            results["runs"].append(rec)
+            _report(rec)
+            C.write_json(name, results, args.out)
+
+
+def _report(rec: dict) -> None:
+    for what in ("train", "infer"):
+        rows = rec[what]
+        if not rows:
+            continue
+        jax_best = min(r["median_s"] for r in rows if r["side"] == "jax")
+        for r in rows:
+            r["ratio_vs_fastest_jax"] = r["median_s"] / jax_best
+        print(f"\n{rec['model']} batch {rec['batch']}: {what}")
+        C.print_table(
+            rows,
+            [
+                ("side", "side"),
+                ("mode", "adjoint"),
+                ("nfe", "NFE fwd"),
+                ("nfe_backward", "NFE bwd"),
+                ("loss", "loss"),
+                ("median_s", "median s"),
+                ("min_s", "min s"),
+                ("repeats", "n"),
+                ("ratio_vs_fastest_jax", "time / fastest JAX"),
+            ],
+        )
+
+
+if __name__ == "__main__":
+    main()
