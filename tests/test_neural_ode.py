@@ -27,7 +27,14 @@ def _train_stats(node, state, key, steps=3):
     return state
 
 
-@pytest.mark.parametrize("norm", ["tabn", "popti", "tabn_gaussian", "none"])
+SLOW = pytest.mark.slow  # more of the same property; run with -m slow
+
+
+@pytest.mark.parametrize(
+    "norm",
+    ["tabn", "popti", pytest.param("tabn_gaussian", marks=SLOW),
+     pytest.param("none", marks=SLOW)],
+)  # fmt: skip
 def test_inference_output_is_independent_of_batch(norm, getkey):
     node, state = _mlp_node(norm, getkey())
     state = _train_stats(node, state, getkey())
@@ -158,7 +165,7 @@ def test_gradient_matches_finite_differences(getkey):
         np.testing.assert_allclose(path(grads)[idx], fd, rtol=2e-2, atol=1e-4)
 
 
-@pytest.mark.parametrize("norm", ["tabn_gaussian", "popti"])
+@pytest.mark.parametrize("norm", ["tabn_gaussian", pytest.param("popti", marks=SLOW)])
 def test_backsolve_and_checkpoint_adjoints_agree(norm, getkey):
     """Discretise-then-optimise (checkpointing) and optimise-then-discretise
     (backsolve) agree when the forward solve resolves the TA-BN grid. (With a grid

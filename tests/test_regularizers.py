@@ -255,12 +255,12 @@ def test_global_accumulator_counts_accepted_steps_only(getkey):
     [
         td.LocalRegularizer(),
         td.LocalRegularizer(sampling="biased"),
-        td.LocalRegularizer(kind="stiffness"),
+        pytest.param(td.LocalRegularizer(kind="stiffness"), marks=pytest.mark.slow),
         td.GlobalRegularizer(),
-        td.GlobalRegularizer(kind="stiffness"),
+        pytest.param(td.GlobalRegularizer(kind="stiffness"), marks=pytest.mark.slow),
         td.RNODE(),
         td.TayNODE(),
-        td.STEER(0.5),
+        pytest.param(td.STEER(0.5), marks=pytest.mark.slow),
     ],
     ids=lambda r: (
         f"{type(r).__name__}-{getattr(r, 'kind', '')}-{getattr(r, 'sampling', '')}"
