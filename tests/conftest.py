@@ -23,3 +23,11 @@ def getkey():
         return sub
 
     return _getkey
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _clear_jax_caches():
+    """Drop each module's compiled functions afterwards, so the suite's memory stays
+    flat (several GB otherwise)."""
+    yield
+    jax.clear_caches()
