@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from .._misc import check_positive_int
 from ._onestep import AbstractOneStep, BatchField, check_batch, OneStepInfo
 
 
@@ -103,12 +104,7 @@ class FehlbergStep(AbstractOneStep):
                 raise ValueError(
                     f"`{name}` must be positive, got {getattr(self, name)}."
                 )
-        if isinstance(self.max_substeps, bool) or not (
-            isinstance(self.max_substeps, int) and self.max_substeps >= 1
-        ):
-            raise ValueError(
-                f"`max_substeps` must be a positive int, got {self.max_substeps!r}."
-            )
+        check_positive_int("max_substeps", self.max_substeps)
 
     def __call__(
         self,

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
+from .._misc import check_positive_int
+
 
 #: A batched autonomous vector field: `(batch, dim) -> (batch, dim)`.
 BatchField = Callable[[Float[Array, "batch dim"]], Float[Array, "batch dim"]]
@@ -92,12 +94,7 @@ class RK4Step(AbstractOneStep):
     def __check_init__(self):
         if not self.h > 0:
             raise ValueError(f"`h` must be positive, got {self.h}.")
-        if isinstance(self.num_substeps, bool) or not (
-            isinstance(self.num_substeps, int) and self.num_substeps >= 1
-        ):
-            raise ValueError(
-                f"`num_substeps` must be a positive int, got {self.num_substeps!r}."
-            )
+        check_positive_int("num_substeps", self.num_substeps)
 
     def __call__(
         self,
@@ -133,10 +130,7 @@ def rollout(
     `(num_steps, batch)`.
     """
     check_batch(x0, None, "rollout")
-    if isinstance(num_steps, bool) or not (
-        isinstance(num_steps, int) and num_steps > 0
-    ):
-        raise ValueError(f"`num_steps` must be a positive int, got {num_steps!r}.")
+    check_positive_int("num_steps", num_steps)
 
     def body(x, _):
         x_next, info = step(f, x)
