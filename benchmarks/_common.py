@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 import tadiffeq as td
+from tadiffeq._models.conv import _resolve_impl
 
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -171,6 +172,7 @@ def environment() -> dict:
         diffrax=dfx.__version__ if hasattr(dfx, "__version__") else _version("diffrax"),
         optax=optax.__version__,
         xla_flags=os.environ.get("XLA_FLAGS", ""),
+        conv_impl=_resolve_impl("auto"),  # TADIFFEQ_CONV_IMPL overrides
     )
     try:
         with open("/proc/loadavg") as f:
@@ -202,8 +204,105 @@ def _jsonable(o):
     raise TypeError(f"Cannot serialise {type(o).__name__}")
 
 
-def print_table(rows: list[dict], columns: list[tuple[str, str]]) -> None:
-    """A markdown table of `rows`; `columns` is `[(key, header)]`."""
+#: The columns `[(key, header)]` of each result table, shared by the scripts that
+#: print a table as they run and `report.py`, which prints it again from the JSON.
+TABLES: dict[str, list[tuple[str, str]]] = {
+    "vs_torch": [
+        ("name", "side, adjoint"),
+        ("nfe", "NFE fwd"),
+        ("nfe_backward", "NFE bwd"),
+        ("loss", "loss"),
+        ("median_s", "median s"),
+        ("min_s", "min s"),
+        ("repeats", "n"),
+        ("ratio", "torch / JAX"),
+    ],
+    "norm_layers": [
+        ("model", "model"),
+        ("batch", "batch"),
+        ("norm", "norm"),
+        ("median_s", "evals in loop s"),
+        ("min_s", "min s"),
+        ("repeats", "n"),
+        ("ms_per_eval", "ms / eval (fwd + VJP)"),
+        ("ratio_vs_minibatch", "time / mini-batch BN"),
+    ],
+    "norm_steps": [
+        ("model", "model"),
+        ("batch", "batch"),
+        ("control", "step size"),
+        ("norm", "norm"),
+        ("nfe", "NFE"),
+        ("median_s", "median s"),
+        ("min_s", "min s"),
+        ("repeats", "n"),
+        ("ms_per_nfe", "ms / NFE"),
+        ("ratio_vs_minibatch", "time / mini-batch BN"),
+    ],
+    "compile": [
+        ("model", "model"),
+        ("phase", "call"),
+        ("wall_s", "wall s"),
+        ("trace_s", "trace s"),
+        ("lower_s", "lower s"),
+        ("compile_s", "XLA compile s"),
+        ("xla_compiles", "XLA compiles"),
+        ("train_traces", "train traces"),
+        ("eval_traces", "eval traces"),
+    ],
+    "memory": [
+        ("model", "model"),
+        ("batch", "batch"),
+        ("side", "side"),
+        ("mode", "adjoint"),
+        ("compiled_peak_mib", "XLA buffers MiB"),
+        ("temp_mib", "of which temp MiB"),
+        ("rss_step_mib", "RSS growth in step MiB"),
+        ("rss_peak_mib", "peak RSS MiB"),
+        ("nfe_forward", "NFE fwd"),
+        ("nfe_backward", "NFE bwd"),
+        ("step_s", "step s (n=1)"),
+    ],
+    "profile_conv": [
+        ("layer", "layer"),
+        ("mode", "mode"),
+        ("x", "input"),
+        ("cout", "cout"),
+        ("xla_fwd_s", "xla fwd s"),
+        ("xla_dx_s", "xla dX s"),
+        ("xla_dw_s", "xla dW s"),
+        ("im2col_fwd_s", "im2col fwd s"),
+        ("im2col_dx_s", "im2col dX s"),
+        ("im2col_dw_s", "im2col dW s"),
+    ],
+}
+
+
+def vs_torch_rows(rows: list[dict]) -> list[dict]:
+    """`bench_vs_torch.py`'s timing rows with a display name and the ratio torch /
+    JAX: for a torch row against the fastest JAX row, for a JAX row against each
+    torch row."""
+    jax_rows = [r for r in rows if r["side"] == "jax"]
+    torch_rows = [r for r in rows if r["side"] == "torch"]
+    out = []
+    for r in rows:
+        row = dict(r, name=f"{r['side']} {r['mode']}".replace(" -", ""))
+        if r["side"] == "torch" and jax_rows:
+            best = min(j["median_s"] for j in jax_rows)
+            row["ratio"] = f"{r['median_s'] / best:.2f}"
+        elif r["side"] == "jax" and torch_rows:
+            row["ratio"] = " / ".join(
+                f"{t['median_s'] / r['median_s']:.2f}" for t in torch_rows
+            )
+        out.append(row)
+    return out
+
+
+def print_table(rows: list[dict], columns: str | list[tuple[str, str]]) -> None:
+    """A markdown table of `rows`; `columns` is `[(key, header)]` or the name of one
+    of `TABLES`."""
+    if isinstance(columns, str):
+        columns = TABLES[columns]
     cells = [[_fmt(r.get(k)) for k, _ in columns] for r in rows]
     print("| " + " | ".join(h for _, h in columns) + " |")
     print("|" + "|".join("---" for _ in columns) + "|")

@@ -152,20 +152,7 @@ def main():
             rows.append(dict(model=model, **ph))
         C.write_json("compile_" + "_".join(args.model), results, args.out)
     print()
-    C.print_table(
-        rows,
-        [
-            ("model", "model"),
-            ("phase", "phase"),
-            ("wall_s", "wall s"),
-            ("trace_s", "trace s"),
-            ("lower_s", "lower s"),
-            ("compile_s", "XLA compile s"),
-            ("xla_compiles", "XLA compiles"),
-            ("train_traces", "train traces"),
-            ("eval_traces", "eval traces"),
-        ],
-    )
+    C.print_table(rows, "compile")
     print("\nAll trace-count assertions passed.")
 
 

@@ -172,22 +172,7 @@ def main():
                     args.out,
                 )
     print()
-    C.print_table(
-        results["rows"],
-        [
-            ("model", "model"),
-            ("batch", "batch"),
-            ("side", "side"),
-            ("mode", "adjoint"),
-            ("compiled_peak_mib", "XLA buffers MiB"),
-            ("temp_mib", "XLA temp MiB"),
-            ("rss_step_mib", "RSS growth in step MiB"),
-            ("rss_peak_mib", "peak RSS MiB"),
-            ("nfe_forward", "NFE fwd"),
-            ("nfe_backward", "NFE bwd (torch)"),
-            ("step_s", "step s"),
-        ],
-    )
+    C.print_table(results["rows"], "memory")
 
 
 def argparse_hidden():

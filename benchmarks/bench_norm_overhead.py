@@ -170,17 +170,7 @@ def main():
             rows = layers(args, model, batch)
             results.setdefault("layers", []).extend(rows)
             print(f"\n{model} batch {batch}, the normalisation layers alone:")
-            C.print_table(
-                rows,
-                [
-                    ("norm", "norm"),
-                    ("median_s", f"{args.loop} evals s"),
-                    ("min_s", "min s"),
-                    ("repeats", "n"),
-                    ("ms_per_eval", "ms / eval (fwd + VJP)"),
-                    ("ratio_vs_minibatch", "time / mini-batch BN"),
-                ],
-            )
+            C.print_table(rows, "norm_layers")
             C.write_json(name, results, args.out)
             if args.layers_only:
                 continue
@@ -188,18 +178,7 @@ def main():
                 rows = run(args, model, batch, control)
                 results["rows"].extend(rows)
                 print(f"\n{model} batch {batch}, {control} step size:")
-                C.print_table(
-                    rows,
-                    [
-                        ("norm", "norm"),
-                        ("nfe", "NFE"),
-                        ("median_s", "median s"),
-                        ("min_s", "min s"),
-                        ("repeats", "n"),
-                        ("ms_per_nfe", "ms / NFE"),
-                        ("ratio_vs_minibatch", "time / mini-batch BN"),
-                    ],
-                )
+                C.print_table(rows, "norm_steps")
                 C.write_json(name, results, args.out)
 
 

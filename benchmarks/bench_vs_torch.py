@@ -252,27 +252,9 @@ def main():
 
 def _report(rec: dict) -> None:
     for what in ("train", "infer"):
-        rows = rec[what]
-        if not rows:
-            continue
-        jax_best = min(r["median_s"] for r in rows if r["side"] == "jax")
-        for r in rows:
-            r["ratio_vs_fastest_jax"] = r["median_s"] / jax_best
-        print(f"\n{rec['model']} batch {rec['batch']}: {what}")
-        C.print_table(
-            rows,
-            [
-                ("side", "side"),
-                ("mode", "adjoint"),
-                ("nfe", "NFE fwd"),
-                ("nfe_backward", "NFE bwd"),
-                ("loss", "loss"),
-                ("median_s", "median s"),
-                ("min_s", "min s"),
-                ("repeats", "n"),
-                ("ratio_vs_fastest_jax", "time / fastest JAX"),
-            ],
-        )
+        if rec[what]:
+            print(f"\n{rec['model']} batch {rec['batch']}: {what}")
+            C.print_table(C.vs_torch_rows(rec[what]), "vs_torch")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,13 @@
-"""The backward pass of the field's convolutions inside a loop, with alternatives.
+"""Each convolution of the 6-conv field alone, inside a loop: the library's two
+implementations side by side.
 
 For each conv of the 6-conv field (its geometry at the given batch), `--loop`
-sequential gradients inside a `lax.fori_loop`, median of `--repeats`:
+sequential forward passes, input gradients (dX) and weight gradients (dW) inside a
+`lax.fori_loop`, median of `--repeats`, with `tadiffeq.conv2d`'s
 
-- `lib dX` / `lib dW`: VJPs of tadiffeq's `conv2d` (custom JVP; dX is JAX's
-  transpose of the conv, dW the transpose of the im2col weight tangent built with
-  `lax.conv_general_dilated_patches`);
-- `slices dX` / `slices dW`: the same products written as an im2col built from 9
-  static (strided) slices of the padded input and one dot; JAX transposes the
-  slices into pads and adds, so the backward pass holds no convolution at all;
-- `proto`: `benchmarks/prototype_fastconv.py`'s `fast_conv2d` (im2col + dot for
-  stride 1 and 2, the sub-pixel decomposition for the transposed convs);
-- `hwio dX` (stride-1 convs only): dX as an explicit NHWC/HWIO conv of the
-  cotangent with the flipped, in/out-swapped kernel (what a custom VJP would do).
+- `impl="xla"`: `lax.conv_general_dilated`, channels-last (the GPU/TPU path);
+- `impl="im2col"`: the CPU path, slices + one dot (sub-pixel decomposition for the
+  stride-2 transposed convs), whose dX and dW are dots too.
 
     python benchmarks/profile_conv.py --batch 32
 """
@@ -34,49 +29,12 @@ SPEC = [
     (16, 64, 32, "up"),
     (32, 32, 3, "same"),
 ]  # (input size, cin, cout, mode) of the 6-conv field on 32x32 images
+IMPLS = ("xla", "im2col")
 
 
-def lib_conv(mode):
+def make_conv(mode, impl):
     stride, padding, dilation = _GEOMETRY[mode]
-    return lambda x, w: conv2d(x, w, stride, padding, dilation)
-
-
-def im2col(x, mode, k=3):
-    """(B, Ho, Wo, k*k*cin) patches from static slices; feature order (i, j, c)."""
-    stride, (lo, hi), dilation = _GEOMETRY[mode]
-    cfg = [(0, 0, 0), (lo, hi, dilation - 1), (lo, hi, dilation - 1), (0, 0, 0)]
-    xp = lax.pad(x, jnp.zeros((), x.dtype), cfg)
-    hp, wp = xp.shape[1], xp.shape[2]
-    ho, wo = (hp - k) // stride + 1, (wp - k) // stride + 1
-    cols = []
-    for i in range(k):
-        for j in range(k):
-            cols.append(
-                lax.slice(
-                    xp,
-                    (0, i, j, 0),
-                    (xp.shape[0], i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1,
-                     xp.shape[3]),
-                    (1, stride, stride, 1),
-                )
-            )  # fmt: skip
-    return jnp.concatenate(cols, axis=-1)
-
-
-def slices_conv(mode):
-    def f(x, w):
-        kh, kw, cin, cout = w.shape
-        return im2col(x, mode) @ w.reshape(kh * kw * cin, cout)
-
-    return f
-
-
-def proto_conv(mode):
-    """`prototype_fastconv.fast_conv2d`: im2col + dot, sub-pixel "up" convs."""
-    from prototype_fastconv import fast_conv2d
-
-    stride, padding, dilation = _GEOMETRY[mode]
-    return lambda x, w: fast_conv2d(x, w, stride, padding, dilation)
+    return lambda x, w: conv2d(x, w, stride, padding, dilation, impl=impl)
 
 
 def in_loop(g, n, *, update="a"):
@@ -123,15 +81,10 @@ def main():
             key = jax.random.PRNGKey(idx)
             x = jax.random.normal(key, (batch, size, size, cin))
             w = 0.1 * jax.random.normal(key, (3, 3, cin, cout))
-            y = lib_conv(mode)(x, w)
-            ys = slices_conv(mode)(x, w)
-            err = float(jnp.max(jnp.abs(y - ys)))
-            ct = jnp.ones_like(y)
+            ct = jnp.ones_like(make_conv(mode, "xla")(x, w))
             row = dict(batch=batch, layer=idx, mode=mode, x=str(x.shape), cout=cout)
-            row["slices_vs_lib_max_err"] = err
-            makers = (("lib", lib_conv), ("slices", slices_conv), ("proto", proto_conv))
-            for name, make in makers:
-                f = make(mode)
+            for impl in IMPLS:
+                f = make_conv(mode, impl)
 
                 def dx(a, b, ct, f=f):
                     return jax.vjp(lambda a: f(a, b), a)[1](ct)[0]
@@ -139,53 +92,27 @@ def main():
                 def dw(a, b, ct, f=f):
                     return jax.vjp(lambda b: f(a, b), b)[1](ct)[0]
 
-                row[f"{name}_fwd_s"] = med(
+                row[f"{impl}_fwd_s"] = med(
                     in_loop(lambda a, b, ct, f=f: a + jnp.mean(f(a, b)), args.loop),
                     (x, w, ct),
                     args.repeats,
                 )
-                row[f"{name}_dx_s"] = med(
+                row[f"{impl}_dx_s"] = med(
                     in_loop(dx, args.loop), (x, w, ct), args.repeats
                 )
-                row[f"{name}_dw_s"] = med(
+                row[f"{impl}_dw_s"] = med(
                     loop_w(dw, args.loop), (x, w, ct), args.repeats
                 )
-            if mode == "same":
-
-                def hwio_dx(a, b, ct):
-                    wt = jnp.transpose(b[::-1, ::-1], (0, 1, 3, 2))
-                    return lax.conv_general_dilated(
-                        ct, wt, (1, 1), ((1, 1), (1, 1)),
-                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                    )  # fmt: skip
-
-                ref = jax.vjp(lib_conv(mode), x, w)[1](ct)[0]
-                err = float(jnp.max(jnp.abs(hwio_dx(x, w, ct) - ref)))
-                row["hwio_dx_err"] = err
-                row["hwio_dx_s"] = med(
-                    in_loop(hwio_dx, args.loop), (x, w, ct), args.repeats
+            row["max_abs_diff"] = float(
+                jnp.max(
+                    jnp.abs(
+                        make_conv(mode, "xla")(x, w) - make_conv(mode, "im2col")(x, w)
+                    )
                 )
+            )
             print(row, flush=True)
             rows.append(row)
-    C.print_table(
-        rows,
-        [
-            ("layer", "layer"),
-            ("mode", "mode"),
-            ("x", "input"),
-            ("cout", "cout"),
-            ("lib_fwd_s", "lib fwd"),
-            ("lib_dx_s", "lib dX"),
-            ("lib_dw_s", "lib dW"),
-            ("slices_fwd_s", "slices fwd"),
-            ("slices_dx_s", "slices dX"),
-            ("slices_dw_s", "slices dW"),
-            ("proto_fwd_s", "proto fwd"),
-            ("proto_dx_s", "proto dX"),
-            ("proto_dw_s", "proto dW"),
-            ("hwio_dx_s", "hwio dX"),
-        ],
-    )
+    C.print_table(rows, "profile_conv")
     C.write_json(
         "profile_conv_b" + "_".join(map(str, args.batch)),
         dict(environment=C.environment(), args=vars(args), rows=rows),

@@ -15,6 +15,7 @@ Times (median of `--repeats`, after compilation, with `jax.block_until_ready`):
 
 import functools
 import itertools
+import os
 
 import _common as C
 import equinox as eqx
@@ -146,41 +147,6 @@ def _positional(conv2d, stride, padding, dilation, x, w):
     return conv2d(x, w, stride, padding, dilation)
 
 
-def _slices_weight_tangent(x, dw, stride, padding, dilation):
-    """A prototype of `tadiffeq._models.conv._weight_tangent` with the im2col built
-    from static slices (pad with interior dilation, 9 strided slices) instead of
-    `lax.conv_general_dilated_patches` (a grouped convolution)."""
-    kh, kw, cin, cout = dw.shape
-    lo, hi = padding
-    cfg = [(0, 0, 0), (lo, hi, dilation - 1), (lo, hi, dilation - 1), (0, 0, 0)]
-    xp = jax.lax.pad(x, jnp.zeros((), x.dtype), cfg)
-    ho = (xp.shape[1] - kh) // stride + 1
-    wo = (xp.shape[2] - kw) // stride + 1
-    cols = [
-        jax.lax.slice(
-            xp,
-            (0, i, j, 0),
-            (xp.shape[0], i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, cin),
-            (1, stride, stride, 1),
-        )
-        for i in range(kh)
-        for j in range(kw)
-    ]
-    patches = jnp.concatenate(cols, axis=-1)  # feature index (i * kw + j) * cin + c
-    return patches @ dw.reshape(kh * kw * cin, cout).astype(patches.dtype)
-
-
-def use_weight_tangent(kind: str) -> None:
-    """Swaps the library's weight tangent for a prototype (`"slices"`)."""
-    import tadiffeq._models.conv as conv
-
-    if kind == "slices":
-        static = (2, 3, 4)
-        conv._weight_tangent = jax.checkpoint(
-            _slices_weight_tangent, static_argnums=static
-        )
-
-
 def main():
     p = C.base_parser(__doc__.splitlines()[0])
     p.set_defaults(model=["conv6"], batch=[32], repeats=5)
@@ -189,25 +155,25 @@ def main():
     p.add_argument("--skip-step", action="store_true")
     p.add_argument("--skip-convs", action="store_true")
     p.add_argument(
-        "--weight-tangent",
-        default="lib",
-        choices=["lib", "slices"],
-        help="prototype: build the conv weight tangent from slices (a proposed "
-        "library change), not the library's conv_general_dilated_patches",
+        "--conv-impl",
+        default="auto",
+        choices=["auto", "xla", "im2col"],
+        help="tadiffeq.conv2d's implementation for the model (auto: im2col on CPU)",
     )
     p.add_argument("--norm", nargs="+", default=["tabn"])
     p.add_argument(
         "--parts", nargs="+", default=["field", "field VJP (y)", "field VJP"]
     )
     args = p.parse_args()
-    use_weight_tangent(args.weight_tangent)
+    if args.conv_impl != "auto":
+        os.environ["TADIFFEQ_CONV_IMPL"] = args.conv_impl  # read at trace time
     results = dict(environment=C.environment(), args=vars(args), runs=[])
     for model_name, batch, norm in itertools.product(args.model, args.batch, args.norm):
         model, state = C.build_jax(
             model_name, seed=args.seed, adjoint=args.adjoint, norm=norm
         )
         x, y = C.to_jnp(*C.make_data(model_name, batch, args.seed))
-        rec = dict(model=model_name, batch=batch, norm=norm, wt=args.weight_tangent)
+        rec = dict(model=model_name, batch=batch, norm=norm, conv_impl=args.conv_impl)
         if not args.skip_step:
             opt = C.optimizer()
             o = opt.init(eqx.filter(model, eqx.is_inexact_array))
@@ -247,7 +213,7 @@ def main():
             ],
         )
         C.write_json(
-            f"profile_{model_name}_b{batch}_{norm}_{args.weight_tangent}",
+            f"profile_{model_name}_b{batch}_{norm}_{args.conv_impl}",
             results,
             args.out,
         )

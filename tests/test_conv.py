@@ -2,6 +2,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental.jet import jet
+from jaxtyping import TypeCheckError
 
 import tadiffeq as td
 from tadiffeq._models.conv import _GEOMETRY
@@ -51,6 +53,7 @@ def test_up_is_a_stride_2_transposed_convolution(getkey):
 
 @pytest.mark.parametrize("mode", ["same", "down", "up"])
 def test_conv2d_derivatives_equal_autodiff(mode, getkey):
+    """The CPU path (slices + dots) against autodiff of the XLA convolution."""
     stride, pad, dil = _GEOMETRY[mode]
     x = jax.random.normal(getkey(), (2, 6, 6, 4))
     w = jax.random.normal(getkey(), (3, 3, 4, 5)) * 0.2
@@ -63,7 +66,7 @@ def test_conv2d_derivatives_equal_autodiff(mode, getkey):
         )  # fmt: skip
 
     def ours(x, w):
-        return td.conv2d(x, w, stride, pad, dil)
+        return td.conv2d(x, w, stride, pad, dil, impl="im2col")
 
     loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
     g_ref = jax.grad(loss(plain), (0, 1))(x, w)
@@ -78,9 +81,49 @@ def test_conv2d_derivatives_equal_autodiff(mode, getkey):
     hvp = jax.jvp(jax.grad(loss(ours), 1), (x, w), (jnp.zeros_like(x), w))[1]
     hvp_ref = jax.jvp(jax.grad(loss(plain), 1), (x, w), (jnp.zeros_like(x), w))[1]
     np.testing.assert_allclose(hvp, hvp_ref, rtol=1e-3, atol=1e-3)
-    # Only one argument differentiated (symbolic zeros for the other).
+    # Only one argument differentiated.
     gx = jax.grad(loss(ours))(x, w)
     np.testing.assert_allclose(gx, g_ref[0], rtol=1e-4, atol=1e-4)
+    # Taylor mode (TayNODE's `jet`) sees plain primitives.
+    series = ([x, 0.5 * x], [w, -w])
+    out, coeffs = jet(ours, (x, w), series)
+    out_ref, coeffs_ref = jet(plain, (x, w), series)
+    for a, b in zip([out, *coeffs], [out_ref, *coeffs_ref]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [(5, 7), (1, 2)])
+def test_conv2d_im2col_equals_xla_for_other_geometries(size, getkey):
+    """Other kernel sizes, strides and asymmetric padding; odd and tiny inputs."""
+    x = jax.random.normal(getkey(), (2, *size, 3))
+    for kh, kw, stride, pad in [(3, 3, 2, (1, 1)), (1, 1, 1, (0, 0)),
+                                (5, 3, 1, (2, 2)), (3, 3, 3, (0, 2))]:  # fmt: skip
+        w = jax.random.normal(getkey(), (kh, kw, 3, 4))
+        if size[0] + sum(pad) < kh or size[1] + sum(pad) < kw:
+            continue
+        a = td.conv2d(x, w, stride, pad, 1, impl="im2col")
+        b = td.conv2d(x, w, stride, pad, 1, impl="xla")
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # The "up" geometry on a 1-pixel-wide input.
+    w = jax.random.normal(getkey(), (3, 3, 3, 4))
+    a = td.conv2d(x, w, 1, (1, 2), 2, impl="im2col")
+    np.testing.assert_allclose(
+        a, td.conv2d(x, w, 1, (1, 2), 2, impl="xla"), rtol=1e-5, atol=1e-5
+    )
+    assert a.shape == (2, 2 * size[0], 2 * size[1], 4)
+
+
+def test_conv2d_auto_is_im2col_on_cpu_only(getkey):
+    """On CPU the default lowers to dots (no convolution inside the solve); `xla`
+    keeps the vendor convolution for GPU/TPU."""
+    x = jax.random.normal(getkey(), (1, 6, 6, 2))
+    w = jax.random.normal(getkey(), (3, 3, 2, 2))
+    hlo = lambda impl: jax.jit(
+        lambda x, w: td.conv2d(x, w, 2, (1, 1), 1, impl=impl)
+    ).lower(x, w).as_text()  # fmt: skip
+    assert "convolution" in hlo("xla") and "convolution" not in hlo("im2col")
+    expected = "im2col" if jax.default_backend() == "cpu" else "xla"
+    assert hlo("auto") == hlo(expected)
 
 
 def test_conv_gradient_inside_a_loop(getkey):
@@ -103,6 +146,11 @@ def test_conv_gradient_inside_a_loop(getkey):
 
 
 def test_time_conv_errors(getkey):
+    with pytest.raises(ValueError, match="`impl`"):
+        td.conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2)), 1, (1, 1), 1,
+                  impl="cudnn")  # fmt: skip
+    with pytest.raises((ValueError, TypeCheckError), match="cin"):
+        td.conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 5, 2)), 1, (1, 1), 1)
     with pytest.raises(ValueError, match="`mode`"):
         td.TimeConv2d(3, 4, "sideways", key=getkey())
     with pytest.raises(ValueError, match="`in_channels`"):
