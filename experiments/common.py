@@ -52,6 +52,9 @@ class ClassifierConfig:
     clip_norm: float = 10.0
     affine_penalty: float = 0.1  # on the field's affine, for TA-BN only (the paper)
     seed: int = 0
+    # "node" (plain), "aug<k>" (Aug-NODE, k zero channels appended, e.g. "aug16"),
+    # "hbnode" (heavy ball) or "sonode" (second order): see `wrap_variant`.
+    variant: str = "node"
 
 
 SOLVERS: dict[str, Callable[[], dfx.AbstractSolver]] = {
@@ -62,8 +65,10 @@ SOLVERS: dict[str, Callable[[], dfx.AbstractSolver]] = {
 }
 
 
-def build_classifier(cfg: ClassifierConfig, image_shape, num_classes, key):
-    """`(model, state)` of the unmixed classifier described by `cfg`."""
+def solver_setup(cfg: ClassifierConfig):
+    """`(solver, stepsize_controller, dt0, norm_kwargs)` of `cfg`: Euler takes 20
+    constant steps on [0, 1], the others a PID controller at `cfg.rtol`/`cfg.atol`;
+    TA-BN gets `cfg.num_intervals` grid intervals."""
     solver = SOLVERS[cfg.solver]()
     if cfg.solver == "euler":
         ctrl, dt0 = dfx.ConstantStepSize(), 1.0 / 20
@@ -72,27 +77,64 @@ def build_classifier(cfg: ClassifierConfig, image_shape, num_classes, key):
     norm_kwargs = (
         dict(num_intervals=cfg.num_intervals) if cfg.norm.startswith("tabn") else None
     )
+    return solver, ctrl, dt0, norm_kwargs
+
+
+def build_classifier(cfg: ClassifierConfig, image_shape, num_classes, key):
+    """`(model, state)` of the unmixed classifier described by `cfg`."""
+    solver, ctrl, dt0, norm_kwargs = solver_setup(cfg)
+
+    def inner(channels, out_channels, key):
+        h, w, c = image_shape
+        if cfg.field == "mlp":
+            return td.MLPField(
+                channels, (cfg.hidden,), out_features=out_channels, norm=cfg.norm,
+                norm_kwargs=norm_kwargs, key=key,
+            )  # fmt: skip
+        if cfg.field == "unet":
+            if cfg.variant != "node":
+                raise ValueError(f"variant {cfg.variant!r} needs an mlp or conv field.")
+            return td.UNetField(c, norm=cfg.norm, norm_kwargs=norm_kwargs, key=key)
+        if cfg.field.startswith("conv"):
+            depth = int(cfg.field[4:])
+            return td.ConvField(
+                channels, depth, out_channels=out_channels, norm=cfg.norm,
+                norm_kwargs=norm_kwargs, key=key,
+            )  # fmt: skip
+        raise ValueError(f"Unknown field {cfg.field!r}.")
 
     def build(key):
         k1, k2 = jax.random.split(key)
         h, w, c = image_shape
-        if cfg.field == "mlp":
-            field = td.MLPField(
-                h * w * c, (cfg.hidden,), norm=cfg.norm, norm_kwargs=norm_kwargs, key=k1
-            )
-        elif cfg.field == "unet":
-            field = td.UNetField(c, norm=cfg.norm, norm_kwargs=norm_kwargs, key=k1)
-        elif cfg.field.startswith("conv"):
-            depth = int(cfg.field[4:])
-            field = td.ConvField(
-                c, depth, norm=cfg.norm, norm_kwargs=norm_kwargs, key=k1
-            )
-        else:
-            raise ValueError(f"Unknown field {cfg.field!r}.")
+        # The channels of the ODE state's last axis: flat features for an MLP field.
+        channels = h * w * c if cfg.field == "mlp" else c
+        field = wrap_variant(cfg.variant, inner, channels, k1)
         node = td.NeuralODE(field, solver=solver, stepsize_controller=ctrl, dt0=dt0)
         return td.UnmixedClassifier(node, image_shape, num_classes, key=k2)
 
     return eqx.nn.make_with_state(build)(key)
+
+
+def wrap_variant(variant: str, inner, channels: int, key):
+    """The vector field of a Neural ODE variant around `inner(channels_in,
+    channels_out, key)`, where `channels` is the last axis of the lifted input:
+    `"node"` the inner field itself; `"aug<k>"` Aug-NODE (`td.AugmentedField`, an
+    inner field on `channels + k`); `"hbnode"` the heavy-ball ODE
+    (`td.HeavyBallField`, inner on `channels`); `"sonode"` the second-order ODE
+    (`td.SecondOrderField`, inner from `2 * channels` to `channels`)."""
+    if variant == "node":
+        return inner(channels, None, key)
+    if variant == "hbnode":
+        return td.HeavyBallField(inner(channels, None, key), channels)
+    if variant == "sonode":
+        return td.SecondOrderField(inner(2 * channels, channels, key), channels)
+    if variant.startswith("aug") and variant[3:].isdigit() and int(variant[3:]) > 0:
+        extra = int(variant[3:])
+        return td.AugmentedField(inner(channels + extra, None, key), extra)
+    raise ValueError(
+        f"Unknown variant {variant!r}; expected node, aug<k> (e.g. aug16), hbnode "
+        "or sonode."
+    )
 
 
 def make_optimizer(cfg: ClassifierConfig, steps: int):
@@ -136,9 +178,18 @@ def train_classifier(
     label="",
     checkpoint_dir: pathlib.Path | None = None,
     stop_after_epochs: int | None = None,
+    build: Callable | None = None,
+    augment: Callable | None = None,
+    num_classes: int | None = None,
 ):
     """Trains the unmixed classifier of `cfg` on `data["train"]`. Returns
     `(model, state, history)`.
+
+    Optional hooks: `build(cfg, image_shape, num_classes, key) -> (model, state)`
+    replaces `build_classifier`; `augment(key, xb) -> xb` (pure JAX, e.g.
+    `tadiffeq.data.ImageAugmentation`) is applied to every training batch with a key
+    folded from the seed and the global step, so runs stay deterministic and resume
+    exactly; `num_classes` defaults to the largest label + 1.
 
     Data parallel over all local devices (the batch is sharded, TA-BN's batch
     statistics are reduced across devices). With `checkpoint_dir`, the model,
@@ -147,10 +198,15 @@ def train_classifier(
     call early (checkpointed) and returns `None`.
     """
     x_train, y_train = data["train"]
-    num_classes = int(max(y_train.max(), data["test"][1].max())) + 1
+    if num_classes is None:
+        num_classes = int(max(y_train.max(), data["test"][1].max())) + 1
     key = jax.random.PRNGKey(cfg.seed)
     model_key, drop_key = jax.random.split(key)
-    model, state = build_classifier(cfg, x_train.shape[1:], num_classes, model_key)
+    aug_key = jax.random.fold_in(key, 1)
+    augment_fn = None if augment is None else eqx.filter_jit(augment)
+    model, state = (build or build_classifier)(
+        cfg, x_train.shape[1:], num_classes, model_key
+    )
     steps_per_epoch = len(x_train) // cfg.batch_size
     optimizer = make_optimizer(cfg, cfg.epochs * steps_per_epoch)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
@@ -160,7 +216,9 @@ def train_classifier(
     ckpt = None if checkpoint_dir is None else td.Checkpointer(checkpoint_dir)
     if ckpt is not None and (restored := ckpt.restore((model, opt_state, state))):
         _, (model, opt_state, state), meta = restored
-        if meta["config"] != asdict(cfg):
+        # Keys added to the config since the checkpoint was written count as their
+        # defaults, so older checkpoints still resume.
+        if {**asdict(ClassifierConfig()), **meta["config"]} != asdict(cfg):
             raise ValueError(
                 f"{checkpoint_dir} holds a run of another configuration; delete it "
                 "or choose another output directory."
@@ -181,6 +239,8 @@ def train_classifier(
         )
         for xb, yb in batches:
             k = jax.random.fold_in(drop_key, step)
+            if augment_fn is not None:
+                xb = augment_fn(jax.random.fold_in(aug_key, step), xb)
             xb, yb = td.shard_batch((xb, yb), mesh)
             model, opt_state, state, loss, acc, nfe = step_fn(
                 model, opt_state, state, xb, yb, k
@@ -263,6 +323,17 @@ def evaluate(
     pred = np.concatenate(preds)
     result = float(np.mean(pred == y)), float(np.mean(np.concatenate(nfes)))
     return (*result, pred) if return_predictions else result
+
+
+def add_baseline_ratios(rows: list[dict], key: str = "regularizer") -> None:
+    """Adds `nfe_ratio` (test NFE over the baseline's) and `speedup` (the baseline's
+    prediction time over this row's) to each row, in place, when a row with
+    `row[key] == "none"` is present."""
+    base = next((r for r in rows if r[key] == "none"), None)
+    if base is not None:
+        for r in rows:
+            r["nfe_ratio"] = r["test_nfe"] / base["test_nfe"]
+            r["speedup"] = base["predict_s"] / r["predict_s"]
 
 
 def write_json(path: pathlib.Path, obj) -> None:

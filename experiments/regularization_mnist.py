@@ -34,7 +34,12 @@ import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from common import load_image_data, print_table, write_json  # noqa: E402
+from common import (  # noqa: E402
+    add_baseline_ratios,
+    load_image_data,
+    print_table,
+    write_json,
+)
 
 import tadiffeq as td  # noqa: E402
 from tadiffeq.data import iterate_batches  # noqa: E402
@@ -304,11 +309,7 @@ def main(argv=None):
         )  # fmt: skip
         out = pathlib.Path(args.out) / f"{args.model}_{name}_seed{args.seed}"
         rows.append(run(cfg, out, checkpoint_every=args.checkpoint_every))
-    base = next((r for r in rows if r["regularizer"] == "none"), None)
-    for r in rows:
-        if base is not None:
-            r["nfe_ratio"] = r["test_nfe"] / base["test_nfe"]
-            r["speedup"] = base["predict_s"] / r["predict_s"]
+    add_baseline_ratios(rows)
     print(f"\n{args.model.upper()} on {rows[0]['data']},")
     print(f"{args.steps} steps, seed {args.seed}:")
     print_table(

@@ -17,6 +17,7 @@ from ._models.conv_field import (
     TimeConvBlock as TimeConvBlock,
 )
 from ._models.field import AbstractVectorField as AbstractVectorField
+from ._models.latent_ode import LatentODE as LatentODE
 from ._models.mlp import MLPField as MLPField, TimeLinear as TimeLinear
 from ._models.unet import UNetField as UNetField
 from ._models.variants import (

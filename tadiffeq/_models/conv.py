@@ -164,8 +164,8 @@ def conv2d(
     stride-2 transposed conv), fast inside loops and their gradients on every
     backend.
 
-    `impl` (a str, one of): `"xla"` (`lax.conv_general_dilated`), `"im2col"` (slices + one dot; the
-    "up" geometry `stride=1, padding=(1, 2), dilation=2` with a 3x3 kernel by its
+    `impl`: `"xla"` (`lax.conv_general_dilated`), `"im2col"` (slices + one dot;
+    the "up" geometry `stride=1, padding=(1, 2), dilation=2` with a 3x3 kernel by its
     sub-pixel decomposition; other dilated convs fall back to xla) or `"auto"` (im2col
     when JAX's default backend is the CPU, else xla; the environment variable
     `TADIFFEQ_CONV_IMPL=xla|im2col` overrides auto at trace time). All give the same
