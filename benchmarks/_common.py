@@ -151,6 +151,39 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
+def median_time(fn: Callable, args: tuple, repeats: int) -> float:
+    """Median seconds of `fn(*args)` over `repeats` calls, after one untimed call
+    (compilation)."""
+    block(fn(*args))
+    return float(
+        statistics.median(timed(lambda: block(fn(*args)))[0] for _ in range(repeats))
+    )
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int, label: str
+) -> tuple[dict[str, object], dict[str, list[float]]]:
+    """`warmup` untimed calls of each function, then `repeats` rounds of one timed call
+    of each in turn (so load from other processes hits them alike), with progress
+    lines. Returns `(last result, seconds per call)` by name."""
+    info = {name: None for name in fns}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            t, info[name] = timed(fn)
+            print(f"[{label}] warm-up {name}: {t:.2f} s {info[name]}", flush=True)
+    times = {name: [] for name in fns}
+    for r in range(repeats):
+        for name, fn in fns.items():
+            t, info[name] = timed(fn)
+            times[name].append(t)
+        print(
+            f"[{label}] repeat {r + 1}/{repeats}: "
+            + ", ".join(f"{n} {ts[-1]:.3f}s" for n, ts in times.items()),
+            flush=True,
+        )
+    return info, times
+
+
 def summary(times: list[float]) -> dict:
     return dict(
         median_s=statistics.median(times),

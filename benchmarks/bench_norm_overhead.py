@@ -111,22 +111,9 @@ def run(args, model: str, batch: int, control: str) -> list[dict]:
             return int(nfe)
 
         fns[norm] = fn
-    label = f"{model} b{batch} {control}"
-    nfe = {}
-    for norm, fn in fns.items():
-        for _ in range(args.warmup):
-            t, nfe[norm] = C.timed(fn)
-            print(f"[{label}] warm-up {norm}: {t:.2f} s, NFE {nfe[norm]}", flush=True)
-    times = {norm: [] for norm in fns}
-    for r in range(args.repeats):
-        for norm, fn in fns.items():
-            t, nfe[norm] = C.timed(fn)
-            times[norm].append(t)
-        print(
-            f"[{label}] repeat {r + 1}/{args.repeats}: "
-            + ", ".join(f"{n} {ts[-1]:.3f}s" for n, ts in times.items()),
-            flush=True,
-        )
+    nfe, times = C.interleaved(
+        fns, args.repeats, args.warmup, f"{model} b{batch} {control}"
+    )
     rows = []
     for norm in fns:
         rows.append(

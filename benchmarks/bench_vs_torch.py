@@ -180,22 +180,8 @@ def _torch_train_step(tm, opt, xt, yt) -> dict:
 
 
 def _interleaved(fns: dict, args, label: str) -> list[dict]:
-    """Warm-up, then `repeats` rounds of one timed call of each function in turn."""
-    info = {name: None for name in fns}
-    for name, fn in fns.items():
-        for _ in range(args.warmup):
-            t, info[name] = C.timed(fn)
-            print(f"[{label}] warm-up {name}: {t:.2f} s {info[name]}", flush=True)
-    times = {name: [] for name in fns}
-    for r in range(args.repeats):
-        for name, fn in fns.items():
-            t, info[name] = C.timed(fn)
-            times[name].append(t)
-        print(
-            f"[{label}] repeat {r + 1}/{args.repeats}: "
-            + ", ".join(f"{n} {ts[-1]:.3f}s" for n, ts in times.items()),
-            flush=True,
-        )
+    """Interleaved timing rows (`_common.interleaved`), one per `side:mode`."""
+    info, times = C.interleaved(fns, args.repeats, args.warmup, label)
     rows = []
     for name in fns:
         side, _, mode = name.partition(":")

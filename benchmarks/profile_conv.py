@@ -16,7 +16,6 @@ import _common as C
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
-import numpy as np
 
 from tadiffeq._models.conv import _GEOMETRY, conv2d
 
@@ -63,13 +62,6 @@ def loop_w(g, n):
     return in_loop(g, n, update="b")
 
 
-def med(fn, args, repeats):
-    C.block(fn(*args))
-    return float(
-        np.median([C.timed(lambda: C.block(fn(*args)))[0] for _ in range(repeats)])
-    )
-
-
 def main():
     p = C.base_parser(__doc__.splitlines()[0])
     p.set_defaults(batch=[32], repeats=3, model=["conv6"])
@@ -92,15 +84,15 @@ def main():
                 def dw(a, b, ct, f=f):
                     return jax.vjp(lambda b: f(a, b), b)[1](ct)[0]
 
-                row[f"{impl}_fwd_s"] = med(
+                row[f"{impl}_fwd_s"] = C.median_time(
                     in_loop(lambda a, b, ct, f=f: a + jnp.mean(f(a, b)), args.loop),
                     (x, w, ct),
                     args.repeats,
                 )
-                row[f"{impl}_dx_s"] = med(
+                row[f"{impl}_dx_s"] = C.median_time(
                     in_loop(dx, args.loop), (x, w, ct), args.repeats
                 )
-                row[f"{impl}_dw_s"] = med(
+                row[f"{impl}_dw_s"] = C.median_time(
                     loop_w(dw, args.loop), (x, w, ct), args.repeats
                 )
             row["max_abs_diff"] = float(

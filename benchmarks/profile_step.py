@@ -21,15 +21,8 @@ import _common as C
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import tadiffeq as td
-
-
-def median_time(fn, args, repeats):
-    C.block(fn(*args))  # compile
-    times = [C.timed(lambda: C.block(fn(*args)))[0] for _ in range(repeats)]
-    return float(np.median(times))
 
 
 def in_loop(f, n):
@@ -79,9 +72,9 @@ def field_breakdown(args, model, state, x) -> list[dict]:
     parts = {"field": f, "field VJP (y)": vjp_x, "field VJP": vjp_all}
     for name in args.parts:
         g = parts[name]
-        one = median_time(jax.jit(g), (y0, params), args.repeats)
-        unr = median_time(unrolled(g, args.loop), (y0, params), args.repeats)
-        loop = median_time(in_loop(g, args.loop), (y0, params), args.repeats)
+        one = C.median_time(jax.jit(g), (y0, params), args.repeats)
+        unr = C.median_time(unrolled(g, args.loop), (y0, params), args.repeats)
+        loop = C.median_time(in_loop(g, args.loop), (y0, params), args.repeats)
         rows.append(
             dict(
                 what=name,
@@ -134,10 +127,11 @@ def conv_breakdown(args, model, x) -> list[dict]:
             return jnp.zeros_like(xin) + jnp.mean(y)
 
         row = dict(layer=i, mode=conv.mode, shape=str(shape), cout=conv.out_channels)
-        row["fwd_loop_s"] = median_time(in_loop(fw, args.loop), (xin, w), args.repeats)
-        row["dx_loop_s"] = median_time(in_loop(dx, args.loop), (xin, w), args.repeats)
-        row["dw_loop_s"] = median_time(in_loop(dw, args.loop), (w, xin), args.repeats)
-        row["dx_unrolled_s"] = median_time(unrolled(dx, args.loop), (xin, w), 3)
+        loop, n = args.loop, args.repeats
+        row["fwd_loop_s"] = C.median_time(in_loop(fw, loop), (xin, w), n)
+        row["dx_loop_s"] = C.median_time(in_loop(dx, loop), (xin, w), n)
+        row["dw_loop_s"] = C.median_time(in_loop(dw, loop), (w, xin), n)
+        row["dx_unrolled_s"] = C.median_time(unrolled(dx, loop), (xin, w), 3)
         print(row, flush=True)
         rows.append(row)
     return rows
@@ -178,10 +172,10 @@ def main():
             opt = C.optimizer()
             o = opt.init(eqx.filter(model, eqx.is_inexact_array))
             step = C.make_train_step(opt)
-            rec["train_step_s"] = median_time(
+            rec["train_step_s"] = C.median_time(
                 step, (model, o, state, x, y), args.repeats
             )
-            rec["forward_train_s"] = median_time(
+            rec["forward_train_s"] = C.median_time(
                 C.forward_train, (model, state, x), args.repeats
             )
             print(rec, flush=True)
