@@ -325,6 +325,23 @@ def evaluate(
     return (*result, pred) if return_predictions else result
 
 
+def regularization_weights(regularizer, cfg) -> Callable:
+    """The regularization weight per step: 0 without a regularizer, else `cfg.weight`
+    decaying to `cfg.weight_end` over `cfg.steps` (`td.regularization_schedule`)."""
+    if regularizer is None:
+        return td.regularization_schedule(0.0)
+    return td.regularization_schedule(cfg.weight, cfg.weight_end, cfg.steps)
+
+
+def restore_checked(ckpt: td.Checkpointer, like, config: dict, where):
+    """`ckpt.restore(like)` (`(step, tree, meta)` or `None`), raising if the checkpoint
+    was written by a run of another configuration (`meta["config"] != config`)."""
+    restored = ckpt.restore(like)
+    if restored is not None and restored[2].get("config") != config:
+        raise ValueError(f"{where} holds a checkpoint of another configuration.")
+    return restored
+
+
 def add_baseline_ratios(rows: list[dict], key: str = "regularizer") -> None:
     """Adds `nfe_ratio` (test NFE over the baseline's) and `speedup` (the baseline's
     prediction time over this row's) to each row, in place, when a row with

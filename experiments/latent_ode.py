@@ -42,7 +42,13 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from common import add_baseline_ratios, print_table, write_json  # noqa: E402
+from common import (  # noqa: E402
+    add_baseline_ratios,
+    print_table,
+    regularization_weights,
+    restore_checked,
+    write_json,
+)
 
 import tadiffeq as td  # noqa: E402
 from tadiffeq.data import (  # noqa: E402
@@ -173,11 +179,7 @@ def run(
     train, test = data["train"], data["test"]
     k_model, k_train = jax.random.split(jax.random.PRNGKey(cfg.seed))
     model, state = build_model(cfg, k_model)
-    schedule = (
-        td.regularization_schedule(0.0)
-        if reg is None
-        else td.regularization_schedule(cfg.weight, cfg.weight_end, cfg.steps)
-    )
+    schedule = regularization_weights(reg, cfg)
     optimizer = optax.adam(cfg.lr)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
 
@@ -201,11 +203,9 @@ def run(
     ckpt = td.Checkpointer(out / "checkpoint")
     history = {"loss": [], "mse": [], "train_nfe": [], "reg": [], "seconds": 0.0}
     step = 0
-    restored = ckpt.restore((model, opt_state))
+    restored = restore_checked(ckpt, (model, opt_state), dataclasses.asdict(cfg), out)
     if restored is not None:
         step, (model, opt_state), meta = restored
-        if meta.get("config") != dataclasses.asdict(cfg):
-            raise ValueError(f"{out} holds a checkpoint of another configuration.")
         history = meta["history"]
     n_train = len(train["values"])
     batch_size = min(cfg.batch_size, n_train)

@@ -38,6 +38,8 @@ from common import (  # noqa: E402
     add_baseline_ratios,
     load_image_data,
     print_table,
+    regularization_weights,
+    restore_checked,
     write_json,
 )
 
@@ -143,11 +145,7 @@ def run(
     cls = ODEClassifier if cfg.model == "ode" else SDEClassifier
     features = int(np.prod(x_train.shape[1:]))
     model, state = eqx.nn.make_with_state(cls)(cfg, features, k_model)
-    schedule = (
-        td.regularization_schedule(0.0)
-        if reg is None
-        else td.regularization_schedule(cfg.weight, cfg.weight_end, cfg.steps)
-    )
+    schedule = regularization_weights(reg, cfg)
     optimizer = optax.adam(cfg.lr)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
 
@@ -175,11 +173,9 @@ def run(
     ckpt = td.Checkpointer(out / "checkpoint")
     history = {"ce": [], "train_nfe": [], "reg": [], "seconds": 0.0}
     step = 0
-    restored = ckpt.restore((model, opt_state))
+    restored = restore_checked(ckpt, (model, opt_state), dataclasses.asdict(cfg), out)
     if restored is not None:
         step, (model, opt_state), meta = restored
-        if meta.get("config") != dataclasses.asdict(cfg):
-            raise ValueError(f"{out} holds a checkpoint of another configuration.")
         history = meta["history"]
         log(f"  resumed from step {step}")
     steps_per_epoch = len(x_train) // cfg.batch_size
