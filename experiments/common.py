@@ -41,6 +41,7 @@ class ClassifierConfig:
     norm: str = "tabn"
     field: str = "mlp"  # "mlp" or a conv depth "conv4" ... "conv12", or "unet"
     hidden: int = 64
+    conv_width: int = 32  # a conv field's first hidden channels (the paper's 32)
     solver: str = "dopri5"
     rtol: float = 1e-3
     atol: float = 1e-3
@@ -99,7 +100,7 @@ def build_classifier(cfg: ClassifierConfig, image_shape, num_classes, key):
             depth = int(cfg.field[4:])
             return td.ConvField(
                 channels, depth, out_channels=out_channels, norm=cfg.norm,
-                norm_kwargs=norm_kwargs, key=key,
+                norm_kwargs=norm_kwargs, width=cfg.conv_width, key=key,
             )  # fmt: skip
         raise ValueError(f"Unknown field {cfg.field!r}.")
 

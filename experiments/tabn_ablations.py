@@ -131,7 +131,9 @@ def study_depth(base, data, out, args):
     rows = []
     for depth in [int(d) for d in args.depths.split(",")]:
         for norm in ("tabn", "none"):
-            cfg = dataclasses.replace(base, norm=norm, field=f"conv{depth}")
+            cfg = dataclasses.replace(
+                base, norm=norm, field=f"conv{depth}", conv_width=args.conv_width
+            )
             model, state, history = _train(cfg, data, out, f"conv{depth} {norm}")
             rows.append(
                 _row(
@@ -232,6 +234,11 @@ def main(argv=None):
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--noise-std", type=float, default=3.0)
     parser.add_argument("--depths", default="4,6,8,10,12")
+    parser.add_argument(
+        "--conv-width", type=int, default=32,
+        help="depth study: the conv fields' first hidden channels (paper: 32; the "
+        "others are 2x, 4x, 8x it)",
+    )  # fmt: skip
     parser.add_argument("--train-limit", type=int, default=None)
     parser.add_argument("--test-limit", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)

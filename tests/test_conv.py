@@ -6,7 +6,7 @@ from jax.experimental.jet import jet
 from jaxtyping import TypeCheckError
 
 import tadiffeq as td
-from tadiffeq._models.conv import _GEOMETRY
+from tadiffeq._models.conv import _GEOMETRY, _col2im_is_smaller
 
 
 def _concat_conv(t, x, w, b, mode):
@@ -52,11 +52,15 @@ def test_up_is_a_stride_2_transposed_convolution(getkey):
 
 
 @pytest.mark.parametrize("mode", ["same", "down", "up"])
-def test_conv2d_derivatives_equal_autodiff(mode, getkey):
-    """The CPU path (slices + dots) against autodiff of the XLA convolution."""
+@pytest.mark.parametrize("cin, cout", [(4, 5), (12, 1)])
+def test_conv2d_derivatives_equal_autodiff(mode, cin, cout, getkey):
+    """The CPU path (slices + dots) against autodiff of the XLA convolution; 12 -> 1
+    channels takes the col2im form (except "up", always the sub-pixel form)."""
     stride, pad, dil = _GEOMETRY[mode]
-    x = jax.random.normal(getkey(), (2, 6, 6, 4))
-    w = jax.random.normal(getkey(), (3, 3, 4, 5)) * 0.2
+    x = jax.random.normal(getkey(), (2, 6, 6, cin))
+    w = jax.random.normal(getkey(), (3, 3, cin, cout)) * 0.2
+    if dil == 1:
+        assert _col2im_is_smaller(x.shape, w.shape, stride, pad) == (cout == 1)
     dn = ("NHWC", "HWIO", "NHWC")
 
     def plain(x, w):
@@ -73,7 +77,7 @@ def test_conv2d_derivatives_equal_autodiff(mode, getkey):
     g = jax.grad(loss(ours), (0, 1))(x, w)
     for a, b in zip(g, g_ref):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-    # Forward mode and second order work too (custom JVP, not VJP).
+    # Forward mode and second order work too (no custom rule: slices and dots).
     t_ref = jax.jvp(plain, (x, w), (x, w))[1]
     np.testing.assert_allclose(
         jax.jvp(ours, (x, w), (x, w))[1], t_ref, rtol=1e-4, atol=1e-4
@@ -98,12 +102,13 @@ def test_conv2d_im2col_equals_xla_for_other_geometries(size, getkey):
     x = jax.random.normal(getkey(), (2, *size, 3))
     for kh, kw, stride, pad in [(3, 3, 2, (1, 1)), (1, 1, 1, (0, 0)),
                                 (5, 3, 1, (2, 2)), (3, 3, 3, (0, 2))]:  # fmt: skip
-        w = jax.random.normal(getkey(), (kh, kw, 3, 4))
         if size[0] + sum(pad) < kh or size[1] + sum(pad) < kw:
             continue
-        a = td.conv2d(x, w, stride, pad, 1, impl="im2col")
-        b = td.conv2d(x, w, stride, pad, 1, impl="xla")
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+        for cout in (4, 1):  # im2col, and col2im for the stride-1 thin outputs
+            w = jax.random.normal(getkey(), (kh, kw, 3, cout))
+            a = td.conv2d(x, w, stride, pad, 1, impl="im2col")
+            b = td.conv2d(x, w, stride, pad, 1, impl="xla")
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     # The "up" geometry on a 1-pixel-wide input.
     w = jax.random.normal(getkey(), (3, 3, 3, 4))
     a = td.conv2d(x, w, 1, (1, 2), 2, impl="im2col")

@@ -146,7 +146,7 @@ def _ablations(tmp_path, studies, norms):
 
     return tabn_ablations.main(
         ["--data", "synthetic", "--study", studies, "--norms", norms,
-         "--depths", "4", "--epochs", "1", "--train-limit", "64",
+         "--depths", "4", "--conv-width", "4", "--epochs", "1", "--train-limit", "64",
          "--test-limit", "40", "--hidden", "8", "--batch-size", "32",
          "--out", str(tmp_path)]
     )  # fmt: skip

@@ -42,6 +42,13 @@ def test_conv_field_specs_match_the_paper():
     spec12 = td.conv_field_spec(3, 12)
     assert spec12[4:8] == [(256, 256, "same")] * 4
     assert spec12[:4] == td.conv_field_spec(3, 8)[:4]
+    # `width` scales the hidden channels only.
+    assert td.conv_field_spec(1, 8, width=8) == [
+        (1, 8, "same"), (8, 16, "down"), (16, 32, "down"), (32, 64, "down"),
+        (64, 32, "up"), (32, 16, "up"), (16, 8, "up"), (8, 1, "same"),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="`width` must be a positive integer"):
+        td.conv_field_spec(3, 6, width=0)
 
 
 def test_unet_has_18_convs_and_skip_connections(getkey):

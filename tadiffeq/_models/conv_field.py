@@ -53,10 +53,11 @@ def _make_blocks(
 
 
 def conv_field_spec(
-    channels: int, depth: int, out_channels: int | None = None
+    channels: int, depth: int, out_channels: int | None = None, width: int = 32
 ) -> list[tuple[int, int, str]]:
     """(in, out, mode) of each layer of the paper's `depth`-conv field on C channels
-    (the last layer maps to `out_channels`, default C):
+    (the last layer maps to `out_channels`, default C). With the paper's `width` 32
+    (the first layer's channels; they double at every "down"):
 
     - 4: C->32 down, 32->64 down, 64->32 up, 32->C up
     - 6: C->32, 32->64 down, 64->128 down, 128->64 up, 64->32 up, 32->C
@@ -64,21 +65,24 @@ def conv_field_spec(
       64->32 up, 32->C
     - 10, 12: the 8-conv field with 2 or 4 extra 256->256 convs at the bottom.
     """
+    if not (isinstance(width, int) and width >= 1):
+        raise ValueError(f"`width` must be a positive integer, got {width!r}.")
     c = channels
     o = channels if out_channels is None else out_channels
+    w1, w2, w4, w8 = width, 2 * width, 4 * width, 8 * width
     if depth == 4:
-        return [(c, 32, "down"), (32, 64, "down"), (64, 32, "up"), (32, o, "up")]
+        return [(c, w1, "down"), (w1, w2, "down"), (w2, w1, "up"), (w1, o, "up")]
     if depth == 6:
         return [
-            (c, 32, "same"), (32, 64, "down"), (64, 128, "down"),
-            (128, 64, "up"), (64, 32, "up"), (32, o, "same"),
+            (c, w1, "same"), (w1, w2, "down"), (w2, w4, "down"),
+            (w4, w2, "up"), (w2, w1, "up"), (w1, o, "same"),
         ]  # fmt: skip
     if depth in (8, 10, 12):
-        bottom = [(256, 256, "same")] * (depth - 8)
+        bottom = [(w8, w8, "same")] * (depth - 8)
         return [
-            (c, 32, "same"), (32, 64, "down"), (64, 128, "down"), (128, 256, "down"),
+            (c, w1, "same"), (w1, w2, "down"), (w2, w4, "down"), (w4, w8, "down"),
             *bottom,
-            (256, 128, "up"), (128, 64, "up"), (64, 32, "up"), (32, o, "same"),
+            (w8, w4, "up"), (w4, w2, "up"), (w2, w1, "up"), (w1, o, "same"),
         ]  # fmt: skip
     raise ValueError(f"`depth` must be one of 4, 6, 8, 10, 12, got {depth!r}.")
 
@@ -99,6 +103,8 @@ class ConvField(AbstractVectorField):
     - `depth`: 4, 6, 8, 10 or 12.
     - `out_channels`: channels of dy/dt (default C; a second-order field maps 2C to
       C).
+    - `width`: channels of the first hidden layer (default 32, the paper's); the
+      others scale with it (32/64/128/256 -> width x 1/2/4/8).
     - `norm`: a name for [`tadiffeq.make_norm`][] (default `"tabn"`) or a callable
       `num_features -> AbstractNorm`.
     - `norm_kwargs`: keywords for `make_norm` (e.g. `t0`, `t1`, `num_intervals`).
@@ -118,10 +124,11 @@ class ConvField(AbstractVectorField):
         out_channels: int | None = None,
         norm: NormSpec = "tabn",
         norm_kwargs: dict | None = None,
+        width: int = 32,
         key: PRNGKeyArray,
         dtype=None,
     ):
-        spec = conv_field_spec(channels, depth, out_channels)
+        spec = conv_field_spec(channels, depth, out_channels, width)
         self.blocks = _make_blocks(spec, norm, norm_kwargs, key, dtype)
         self.channels = channels
         self.depth = depth
