@@ -209,8 +209,11 @@ def plot(rows: list[dict], path: pathlib.Path) -> pathlib.Path | None:
                xticklabels=[variant_name(v) for v in variants])  # fmt: skip
     lo = min(r[key_acc] for r in rows)
     axes[0].set_ylim(max(0.0, lo - 0.1), 1.0)
-    axes[0].legend(title="normalisation", loc="upper right", ncol=len(norms))
-    fig.tight_layout()
+    # One legend above both panels: inside, it would cover accuracy bars near 1.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, title="normalisation", loc="upper center",
+               ncol=len(norms), frameon=False)  # fmt: skip
+    fig.tight_layout(rect=(0, 0, 1, 0.82))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -6,7 +6,7 @@ from jax.experimental.jet import jet
 from jaxtyping import TypeCheckError
 
 import tadiffeq as td
-from tadiffeq._models.conv import _GEOMETRY, _col2im_is_smaller
+from tadiffeq._models.conv import _col2im_is_smaller, _GEOMETRY
 
 
 def _concat_conv(t, x, w, b, mode):
