@@ -284,6 +284,7 @@ def evaluate(
     chunk: int = 256,
     noise=None,
     return_predictions: bool = False,
+    batch_statistics: bool = False,
 ):
     """Inference-mode accuracy and mean NFE over all of `x` with test batches of
     `batch_size` (the last batch may be smaller).
@@ -291,13 +292,22 @@ def evaluate(
     Up to `chunk` samples are processed per call, as `chunk // batch_size`
     independent batches (vmapped), so small test batches stay cheap. `noise`: an
     optional `x -> x` applied to the inputs first. With `return_predictions`, the
-    predicted classes come third.
+    predicted classes come third. With `batch_statistics`, the normalisations
+    use each test batch's own statistics (their training mode; dropout stays off and
+    `state` is not updated): the accuracy the weights reach without the running
+    statistics.
     """
-    model = eqx.nn.inference_mode(model)
+    model = eqx.nn.inference_mode(model, value=not batch_statistics)
+    if batch_statistics:  # all in training mode (joint solves) but dropout
+        model = eqx.tree_at(
+            lambda m: [d.inference for d in _dropouts(m)],
+            model,
+            replace_fn=lambda _: True,
+        )
     groups = max(1, chunk // batch_size)
 
     @eqx.filter_jit
-    def predict(model, xb):
+    def predict(model, state, xb):
         def one(xg):
             logits, _, stats = model(xg, state)
             nfe = jnp.broadcast_to(stats.num_fn_evals, (xg.shape[0],))
@@ -314,16 +324,21 @@ def evaluate(
     step = groups * batch_size
     for start in range(0, full, step):
         stop = min(start + step, full)
-        pred, nfe = predict(model, jnp.asarray(x[start:stop]))
+        pred, nfe = predict(model, state, jnp.asarray(x[start:stop]))
         preds.append(np.asarray(pred))
         nfes.append(np.asarray(nfe))
     if full < len(x):  # the remainder, as one smaller batch
-        pred, nfe = predict(model, jnp.asarray(x[full:]))
+        pred, nfe = predict(model, state, jnp.asarray(x[full:]))
         preds.append(np.asarray(pred))
         nfes.append(np.asarray(nfe))
     pred = np.concatenate(preds)
     result = float(np.mean(pred == y)), float(np.mean(np.concatenate(nfes)))
     return (*result, pred) if return_predictions else result
+
+
+def _dropouts(model) -> list[eqx.nn.Dropout]:
+    is_dropout = lambda x: isinstance(x, eqx.nn.Dropout)
+    return [x for x in jax.tree.leaves(model, is_leaf=is_dropout) if is_dropout(x)]
 
 
 def regularization_weights(regularizer, cfg) -> Callable:

@@ -11,7 +11,8 @@ Studies (`--study`, comma-separated):
   (the paper's Table 4).
 - `grid`: TA-BN with M = 10 / 50 / 100 / 500 grid intervals (Table 5).
 - `depth`: conv vector fields with 4 / 6 / 8 / 10 / 12 layers, TA-BN vs no BN (Figs. 1
-  and 6). Conv fields inside a solve are slow on CPU: use `--train-limit`.
+  and 6). Conv fields inside a solve are slow on CPU: use `--train-limit`, and
+  `--conv-width 8` (8/16/32/64 channels instead of the paper's 32/64/128/256).
 - `stats`: the first TA-BN layer's running mean and variance over t (Fig. 3 right).
 
 Every run uses the paper's recipe (`common.ClassifierConfig`: AdamW 1e-3, weight decay
@@ -19,7 +20,7 @@ Every run uses the paper's recipe (`common.ClassifierConfig`: AdamW 1e-3, weight
 per epoch under `--out` and resumes. Writes `<study>.json` and `<study>.png`.
 
     python experiments/tabn_ablations.py --study noise,solver,grid,stats
-    python experiments/tabn_ablations.py --study depth --train-limit 2000 --epochs 1
+    python experiments/tabn_ablations.py --study depth --conv-width 8 --train-limit 4000
 """
 
 import argparse
@@ -45,6 +46,7 @@ from common import (  # noqa: E402
 
 
 STUDIES = ("noise", "solver", "grid", "depth", "stats")
+DEFAULT_GRID = ClassifierConfig.num_intervals
 
 
 def _train(cfg: ClassifierConfig, data, out: pathlib.Path, label: str):
@@ -131,17 +133,32 @@ def study_depth(base, data, out, args):
     rows = []
     for depth in [int(d) for d in args.depths.split(",")]:
         for norm in ("tabn", "none"):
+            # The grid is TA-BN's: the runs without it share one config (and
+            # checkpoint) whatever --num-intervals says.
+            grid = base.num_intervals if norm == "tabn" else DEFAULT_GRID
             cfg = dataclasses.replace(
-                base, norm=norm, field=f"conv{depth}", conv_width=args.conv_width
-            )
+                base, norm=norm, field=f"conv{depth}", conv_width=args.conv_width,
+                num_intervals=grid,
+            )  # fmt: skip
             model, state, history = _train(cfg, data, out, f"conv{depth} {norm}")
+            x, y = data["test"]
+            # With TA-BN: also the accuracy with each test batch's own statistics,
+            # which separates what the weights learnt from how well the running
+            # statistics interpolated at t stand in for the batch statistics.
+            acc_batch = (
+                evaluate(model, state, x, y, 256, batch_statistics=True)[0]
+                if norm == "tabn" else None
+            )  # fmt: skip
             rows.append(
                 _row(
                     cfg, model, state, history, data, depth=depth,
-                    train_loss=history[-1]["loss"],
+                    train_loss=history[-1]["loss"], test_acc_batch_stats=acc_batch,
                 )
             )  # fmt: skip
-    return rows, [("depth", "conv layers"), ("train_loss", "train loss")] + _columns()
+    columns = [("depth", "conv layers"), ("train_loss", "train loss")] + _columns()
+    at = [c[0] for c in columns].index("test_acc") + 1
+    columns.insert(at, ("test_acc_batch_stats", "test acc, batch stats"))
+    return rows, columns
 
 
 def study_stats(base, data, out, args):
@@ -196,6 +213,24 @@ def _plot_rows(study, rows, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return
+    if study == "depth":
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+        for norm, color in (("tabn", "C0"), ("none", "C1")):
+            sel = [r for r in rows if r["norm"] == norm]
+            depths = [r["depth"] for r in sel]
+            for ax, key in zip(axes, ("train_loss", "test_acc")):
+                ax.plot(depths, [r[key] for r in sel], "o-", color=color, label=norm)
+            if sel and sel[0].get("test_acc_batch_stats") is not None:
+                axes[1].plot(depths, [r["test_acc_batch_stats"] for r in sel], "o--",
+                             color=color, label=f"{norm}, batch stats")  # fmt: skip
+        axes[0].set(xlabel="conv layers in the vector field",
+                    ylabel="train loss (last epoch mean)")  # fmt: skip
+        axes[1].set(xlabel="conv layers in the vector field", ylabel="test accuracy")
+        axes[1].legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return
     fig, ax = plt.subplots(figsize=(6, 3.2))
     if study == "noise":
         labels = [r["norm"] for r in rows]
@@ -204,13 +239,6 @@ def _plot_rows(study, rows, path):
         ax.bar(pos + 0.2, [r["acc_clean_in_noisy_batches"] for r in rows], 0.4,
                label="1 in 10 noisy")  # fmt: skip
         ax.set(xticks=pos, xticklabels=labels, ylabel="accuracy on clean samples")
-        ax.legend()
-    elif study == "depth":
-        for norm in ("tabn", "none"):
-            sel = [r for r in rows if r["norm"] == norm]
-            ax.plot([r["depth"] for r in sel], [r["test_acc"] for r in sel], "o-",
-                    label=norm)  # fmt: skip
-        ax.set(xlabel="conv layers in the vector field", ylabel="test accuracy")
         ax.legend()
     else:
         labels = [f"{r['norm']} {r['solver']} M={r['grid']}" for r in rows]
@@ -235,6 +263,10 @@ def main(argv=None):
     parser.add_argument("--noise-std", type=float, default=3.0)
     parser.add_argument("--depths", default="4,6,8,10,12")
     parser.add_argument(
+        "--num-intervals", type=int, default=100,
+        help="TA-BN grid intervals M (the paper: 100); the grid study sweeps its own",
+    )  # fmt: skip
+    parser.add_argument(
         "--conv-width", type=int, default=32,
         help="depth study: the conv fields' first hidden channels (paper: 32; the "
         "others are 2x, 4x, 8x it)",
@@ -255,7 +287,7 @@ def main(argv=None):
         data["test"] = tuple(a[: args.test_limit] for a in data["test"])
     base = ClassifierConfig(
         hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size,
-        seed=args.seed,
+        num_intervals=args.num_intervals, seed=args.seed,
     )  # fmt: skip
     out = pathlib.Path(args.out)
     results = {}

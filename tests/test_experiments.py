@@ -169,6 +169,37 @@ def test_tabn_ablations_smoke(tmp_path):
         tabn_ablations.main(["--study", "bogus", "--data", "synthetic"])
 
 
+def test_evaluate_with_batch_statistics_ignores_running_statistics():
+    """`evaluate(..., batch_statistics=True)` normalises with each test batch's own
+    statistics (dropout off): its predictions are those of a training-mode forward
+    pass of each batch, and do not depend on the running statistics."""
+    import equinox as eqx
+    import jax.numpy as jnp
+    import numpy as np
+    from common import ClassifierConfig, build_classifier, evaluate
+
+    cfg = ClassifierConfig(hidden=8, num_intervals=4)
+    model, state = build_classifier(cfg, (6, 6, 1), 3, jax.random.PRNGKey(0))
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (24, 6, 6, 1)))
+    y = np.zeros(24, dtype=np.int32)
+    _, nfe, pred = evaluate(
+        model, state, x, y, 8, batch_statistics=True, return_predictions=True
+    )
+    assert pred.shape == (24,) and nfe > 0
+    train_mode = eqx.tree_at(lambda m: m.dropout.inference, model, True)
+    expected = [jnp.argmax(train_mode(jnp.asarray(x[i : i + 8]), state)[0], -1)
+                for i in range(0, 24, 8)]  # fmt: skip
+    np.testing.assert_array_equal(pred, np.concatenate(expected))
+    # Shifted running statistics change inference-mode predictions, not these.
+    norm = model.ode.field.norms[0]
+    mean, var = state.get(norm.state_index)
+    shifted = state.set(norm.state_index, (mean + 5.0, var * 9.0))
+    _, _, pred_shifted = evaluate(
+        model, shifted, x, y, 8, batch_statistics=True, return_predictions=True
+    )
+    np.testing.assert_array_equal(pred, pred_shifted)
+
+
 @pytest.mark.slow
 def test_tabn_ablations_all_studies(tmp_path):
     res = _ablations(tmp_path, "depth,noise,solver,grid,stats", "tabn,minibatch")

@@ -66,6 +66,13 @@ class TABatchNorm(AbstractNorm):
 
     The state holds `(running_mean, running_var)`, each of shape `(M + 1, C)`.
 
+    Only grid points next to the times of training evaluations are updated; the
+    others keep their initial statistics (mean 0, variance 1). An adaptive solver
+    often steps at nearly the same times in every batch, and an inference solve that
+    evaluates elsewhere then normalises with those initial values. If inference-mode
+    accuracy lags the accuracy with batch statistics, use a coarser grid
+    (`num_intervals`); see the depth study in `docs/results.md`.
+
     ??? cite "Reference"
 
         ```bibtex
