@@ -176,7 +176,7 @@ def test_evaluate_with_batch_statistics_ignores_running_statistics():
     import equinox as eqx
     import jax.numpy as jnp
     import numpy as np
-    from common import ClassifierConfig, build_classifier, evaluate
+    from common import build_classifier, ClassifierConfig, evaluate
 
     cfg = ClassifierConfig(hidden=8, num_intervals=4)
     model, state = build_classifier(cfg, (6, 6, 1), 3, jax.random.PRNGKey(0))
@@ -204,6 +204,9 @@ def test_evaluate_with_batch_statistics_ignores_running_statistics():
 def test_tabn_ablations_all_studies(tmp_path):
     res = _ablations(tmp_path, "depth,noise,solver,grid,stats", "tabn,minibatch")
     assert [(r["depth"], r["norm"]) for r in res["depth"]] == [(4, "tabn"), (4, "none")]
+    tabn_row, none_row = res["depth"]
+    assert 0.0 <= tabn_row["test_acc_batch_stats"] <= 1.0
+    assert none_row["test_acc_batch_stats"] is None
     assert [r["grid"] for r in res["grid"]] == [10, 50, 100, 500]
     assert {(r["norm"], r["solver"]) for r in res["solver"]} == {
         ("tabn", "euler"), ("tabn", "dopri5"), ("none", "euler"), ("none", "dopri5")

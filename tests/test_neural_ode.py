@@ -43,8 +43,12 @@ def test_inference_output_is_independent_of_batch(norm, getkey):
     y256, _, stats = inf(x, state)
     y2, _, _ = inf(x[:2], state)
     y1, _, _ = inf(x[:1], state)
-    np.testing.assert_allclose(y2, y256[:2], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(y1, y256[:1], rtol=1e-5, atol=1e-6)
+    # float32: XLA:CPU may pick other matmul kernels for other batch sizes, and the
+    # adaptive solve carries their rounding (~1e-6) into the outputs; in float64
+    # the outputs are bit-identical. A batch-dependent normalisation moves them by
+    # ~1e-1.
+    np.testing.assert_allclose(y2, y256[:2], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(y1, y256[:1], rtol=1e-4, atol=1e-5)
     assert stats.num_steps.shape == (256,)  # each sample solved on its own
 
 
