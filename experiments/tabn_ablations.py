@@ -263,7 +263,7 @@ def main(argv=None):
     parser.add_argument("--noise-std", type=float, default=3.0)
     parser.add_argument("--depths", default="4,6,8,10,12")
     parser.add_argument(
-        "--num-intervals", type=int, default=100,
+        "--num-intervals", type=int, default=DEFAULT_GRID,
         help="TA-BN grid intervals M (the paper: 100); the grid study sweeps its own",
     )  # fmt: skip
     parser.add_argument(
