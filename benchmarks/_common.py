@@ -201,6 +201,7 @@ def environment() -> dict:
         cpu_count=os.cpu_count(),
         jax=jax.__version__,
         jax_backend=jax.default_backend(),
+        jax_device=jax.devices()[0].device_kind,
         equinox=eqx.__version__,
         diffrax=dfx.__version__ if hasattr(dfx, "__version__") else _version("diffrax"),
         optax=optax.__version__,
@@ -249,6 +250,8 @@ TABLES: dict[str, list[tuple[str, str]]] = {
         ("min_s", "min s"),
         ("repeats", "n"),
         ("ratio", "torch / JAX"),
+        ("gflops", "GFLOP/s"),
+        ("peak_share", "of peak"),
     ],
     "norm_layers": [
         ("model", "model"),

@@ -15,7 +15,17 @@ from other processes affects all of them alike. Every repeat starts from the sam
 weights and optimizer state, so every repeat does the same work. Reported: the
 median over `--repeats` after `--warmup` untimed calls (the first JAX call compiles).
 
-The torch side is skipped when torch or torchdiffeq is not installed.
+Each timing row also gives the achieved rate of the field's matrix FLOPs
+(`_flops.py`: the convolutions and products of one evaluation at that batch, F):
+NFE x F per inference batch, 3 x NFE x F per training step (the forward pass and
+the two gradient products of every forward evaluation: "model FLOPs", the same
+count for every side and adjoint, recomputation not counted), over the median
+time; `--peak-gflops` adds the share of a nominal peak. The JSON's environment
+holds the rate of a large float32 matrix product on the same device, for
+comparison.
+
+The torch side is skipped when torch or torchdiffeq is not installed; on a GPU
+machine `--torch-device cuda` runs it there (synchronised before every clock read).
 
     python benchmarks/bench_vs_torch.py --model conv6 --batch 32 --repeats 20
 """
@@ -29,6 +39,7 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import _common as C  # noqa: E402
+import _flops  # noqa: E402
 import equinox as eqx  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -64,6 +75,8 @@ def run_one(args, model: str, batch: int) -> dict:
     jax_models = _jax_configs(args)
     jm, st0 = next(iter(jax_models.values()))
     record = dict(model=model, batch=batch, checks={}, train=[], infer=[])
+    record["field_flops"] = _flops.field_flops(jm.ode.field, st0, jm.ode._lift(xj))
+    dev = args.torch_device
 
     # A training-mode forward fills the TA-BN statistics used at inference.
     logits_train, st1, nfe_train = C.block(C.forward_train(jm, st0, xj))
@@ -79,15 +92,15 @@ def run_one(args, model: str, batch: int) -> dict:
             atol=args.atol,
             land_on_t1=not args.torch_overshoot,
             swap_weights=args.swap_weights,
-        )
-        xt = R.to_torch_images(x, model)
-        yt = torch.from_numpy(y.astype(np.int64))
+        ).to(dev)
+        xt = R.to_torch_images(x, model).to(dev)
+        yt = torch.from_numpy(y.astype(np.int64)).to(dev)
         # Equivalence: same logits and NFE in training and inference mode.
         R.copy_from_jax(jm, st0, tm)
         tm.train()
         tm.func.nfe = 0
         with torch.no_grad():
-            lt = tm(xt).numpy()
+            lt = tm(xt).cpu().numpy()
         record["checks"]["train_forward"] = dict(
             max_abs_diff=float(np.abs(lt - np.asarray(logits_train)).max()),
             max_abs_logit=float(np.abs(lt).max()),
@@ -99,7 +112,7 @@ def run_one(args, model: str, batch: int) -> dict:
         tm.func.nfe = 0
         li_j, nfe_i = C.block(C.predict(jm_inf, st1, xj))
         with torch.no_grad():
-            li_t = tm(xt).numpy()
+            li_t = tm(xt).cpu().numpy()
         record["checks"]["infer_forward"] = dict(
             max_abs_diff=float(np.abs(li_t - np.asarray(li_j)).max()),
             max_abs_logit=float(np.abs(li_t).max()),
@@ -135,7 +148,7 @@ def run_one(args, model: str, batch: int) -> dict:
                     opt = torch.optim.AdamW(
                         tm.parameters(), lr=C.LR, weight_decay=C.WEIGHT_DECAY
                     )
-                    return _torch_train_step(tm, opt, xt, yt)
+                    return _torch_train_step(tm, opt, xt, yt, dev)
 
                 train_fns[f"torch:{mode}"] = torch_step
         record["train"] = _interleaved(train_fns, args, f"{model} b{batch} train")
@@ -156,15 +169,32 @@ def run_one(args, model: str, batch: int) -> dict:
                 tm.func.nfe = 0
                 with torch.no_grad():
                     tm(xt)
+                _sync(dev)
                 return dict(nfe=tm.func.nfe)
 
             R.copy_from_jax(jm, st1, tm)
             infer_fns["torch"] = torch_infer
         record["infer"] = _interleaved(infer_fns, args, f"{model} b{batch} infer")
+    _add_rates(record, args.peak_gflops)
     return record
 
 
-def _torch_train_step(tm, opt, xt, yt) -> dict:
+def _add_rates(record: dict, peak_gflops: float | None) -> None:
+    """Achieved GFLOP/s of every timing row (see the module docstring)."""
+    flops = record["field_flops"]["total"]
+    for what, factor in (("train", 3), ("infer", 1)):
+        for row in record[what]:
+            row["gflops"] = factor * row["nfe"] * flops / row["median_s"] / 1e9
+            if peak_gflops:
+                row["peak_share"] = f"{row['gflops'] / peak_gflops:.1%}"
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _torch_train_step(tm, opt, xt, yt, device) -> dict:
     opt.zero_grad(set_to_none=True)
     tm.func.nfe = 0
     logits = tm(xt)
@@ -172,6 +202,7 @@ def _torch_train_step(tm, opt, xt, yt) -> dict:
     loss = F.cross_entropy(logits, yt)
     loss.backward()
     opt.step()
+    _sync(device)
     return dict(
         loss=float(loss.item()),
         nfe=nfe_forward,
@@ -197,6 +228,15 @@ def main():
     p.add_argument("--torch-modes", nargs="+", default=["adjoint", "direct"])
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument(
+        "--torch-device", default="cpu", help="where the torch side runs: cpu, cuda"
+    )
+    p.add_argument(
+        "--peak-gflops",
+        type=float,
+        default=None,
+        help="nominal peak of the device (GFLOP/s) for the 'of peak' column",
+    )
+    p.add_argument(
         "--check-only",
         action="store_true",
         help="only the equivalence checks (logits and NFE), no timing",
@@ -215,6 +255,8 @@ def main():
     )
     args = p.parse_args()
     env = C.environment()
+    env["matmul"] = _flops.matmul_gflops()
+    print(f"float32 matrix product on {env['jax_device']}: {env['matmul']}", flush=True)
     if torch is None:
         print(f"torch side skipped: {_TORCH_ERROR}", file=sys.stderr)
     else:
@@ -223,7 +265,14 @@ def main():
             torch=torch.__version__,
             torchdiffeq=R.torchdiffeq.__version__,
             torch_threads=torch.get_num_threads(),
+            torch_device=args.torch_device,
         )
+        if args.torch_device.startswith("cuda"):
+            env.update(
+                torch_cuda_device=torch.cuda.get_device_name(),
+                torch_cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+                torch_matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
+            )
     results = dict(environment=env, args=vars(args), runs=[])
     name = "vs_torch_" + "_".join(args.model) + "_b" + "_".join(map(str, args.batch))
     if args.check_only:
@@ -237,6 +286,8 @@ def main():
 
 
 def _report(rec: dict) -> None:
+    gflop = rec["field_flops"]["total"] / 1e9
+    print(f"\n{rec['model']} batch {rec['batch']}: {gflop:.3g} GFLOP per evaluation")
     for what in ("train", "infer"):
         if rec[what]:
             print(f"\n{rec['model']} batch {rec['batch']}: {what}")

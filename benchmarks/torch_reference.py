@@ -304,15 +304,16 @@ class UnmixedClassifier(nn.Module):
         self.rtol, self.atol, self.adjoint = rtol, atol, adjoint
         self.register_buffer("t", torch.tensor([t0, t1]))
         # torchdiffeq steps past t1 and interpolates back; diffrax clips the last
-        # step to end on t1. step_t=[t1] makes torchdiffeq clip it too.
-        self.options = dict(step_t=torch.tensor([t1])) if land_on_t1 else {}
+        # step to end on t1. step_t=[t1] makes torchdiffeq clip it too. (A buffer,
+        # so that `.to(device)` moves it with the model.)
+        self.register_buffer("step_t", torch.tensor([t1]) if land_on_t1 else None)
 
     def forward(self, x):
         y0 = x.flatten(1) if self.flatten_input else x
         solve = torchdiffeq.odeint_adjoint if self.adjoint else torchdiffeq.odeint
         kw = dict(rtol=self.rtol, atol=self.atol, method="dopri5")
-        if self.options:
-            kw["options"] = self.options
+        if self.step_t is not None:
+            kw["options"] = dict(step_t=self.step_t)
         y1 = solve(self.func, y0, self.t, **kw)[-1]
         return self.linear(self.dropout(self.head_norm(y1.flatten(1))))
 

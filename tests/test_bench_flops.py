@@ -1,0 +1,98 @@
+"""The FLOP counter behind bench_vs_torch.py's achieved-FLOP/s columns."""
+
+import pathlib
+import sys
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tadiffeq as td
+from tadiffeq._models.conv import _GEOMETRY
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import _flops  # noqa: E402
+
+
+def _count(f, *args):
+    return _flops.jaxpr_flops(jax.make_jaxpr(f)(*args).jaxpr)
+
+
+def test_conv_flops_by_hand():
+    """3x3 "same" conv on 5x5, 2 -> 3 channels: per axis 3 interior outputs see 3
+    taps and the 2 border outputs 2 (13); the stride-2 transposed conv of a 4-pixel
+    axis (ConvTranspose2d k=3, s=2, p=1, output_padding=1) scatters every input pixel
+    to 3 outputs but the first to 2 (11)."""
+    x = jnp.ones((1, 5, 5, 2))
+    w = jnp.ones((3, 3, 2, 3))
+    same = lambda x, w: td.conv2d(x, w, *_GEOMETRY["same"], impl="xla")
+    assert _count(same, x, w) == {"conv": 2 * 2 * 3 * 13 * 13, "dot": 0}
+    up = lambda x, w: td.conv2d(x, w, *_GEOMETRY["up"], impl="xla")
+    assert _count(up, jnp.ones((1, 4, 4, 2)), w)["conv"] == 2 * 2 * 3 * 11 * 11
+
+
+@pytest.mark.parametrize("mode", ["same", "down", "up"])
+@pytest.mark.parametrize("size", [(6, 6), (7, 4)])
+def test_conv_flops_count_the_taps_on_real_pixels(mode, size):
+    """With one channel in and out, a conv of ones by ones sums, over the output, the
+    taps that read a real pixel: the count times 2 B C_in C_out."""
+    stride, pad, dil = _GEOMETRY[mode]
+    x1, w1 = jnp.ones((1, *size, 1)), jnp.ones((3, 3, 1, 1))
+    taps = float(jnp.sum(td.conv2d(x1, w1, stride, pad, dil, impl="xla")))
+    x, w = jnp.ones((2, *size, 3)), jnp.ones((3, 3, 3, 4))
+    conv = lambda x, w: td.conv2d(x, w, stride, pad, dil, impl="xla")
+    assert _count(conv, x, w)["conv"] == 2 * 2 * 3 * 4 * taps
+
+
+def test_dot_scan_cond_and_while():
+    a, b = jnp.ones((3, 4, 5)), jnp.ones((3, 5, 6))
+    assert _count(lambda a, b: a @ b, a, b) == {"conv": 0, "dot": 2 * 3 * 4 * 5 * 6}
+
+    def scanned(a, b):
+        return jax.lax.scan(lambda c, _: (c, c @ b), a, None, length=7)[1]
+
+    assert _count(scanned, a, b)["dot"] == 7 * 2 * 3 * 4 * 5 * 6
+
+    def branches(p, a, b):
+        return jax.lax.cond(p, lambda: (a @ b).sum(), lambda: (a[:1] @ b[:1]).sum())
+
+    assert _count(branches, True, a, b)["dot"] == 2 * 3 * 4 * 5 * 6
+    looped = lambda a: jax.lax.while_loop(lambda c: c.sum() < 0, lambda c: c @ c, a)
+    with pytest.raises(ValueError, match="while"):
+        _count(looped, jnp.ones((2, 2)))
+
+
+def test_field_flops_of_the_six_conv_field(getkey, monkeypatch):
+    """The 6-conv field's conv count is the sum of its layers', the same whatever
+    conv implementation the environment asks for."""
+    field, state = eqx.nn.make_with_state(td.ConvField)(3, 6, key=getkey())
+    y = jnp.ones((2, 8, 8, 3))
+    counted = _flops.field_flops(field, state, y)
+    expected, h = 0, 8
+    for cin, cout, mode in td.conv_field_spec(3, 6):
+        stride, pad, dil = _GEOMETRY[mode]
+        x1 = jnp.ones((1, h, h, 1))
+        out = td.conv2d(x1, jnp.ones((3, 3, 1, 1)), stride, pad, dil, impl="xla")
+        expected += 2 * 2 * cin * cout * float(jnp.sum(out))
+        h = out.shape[1]
+    assert counted["conv"] == expected
+    # The only products besides the convs are the time maps' einsums, which do not
+    # depend on the batch.
+    twice = _flops.field_flops(field, state, jnp.ones((4, 8, 8, 3)))
+    assert twice["conv"] == 2 * expected and twice["dot"] == counted["dot"] > 0
+    assert counted["total"] == counted["conv"] + counted["dot"]
+    monkeypatch.setenv("TADIFFEQ_CONV_IMPL", "im2col")
+    assert _flops.field_flops(field, state, y) == counted
+    # The state passed in stays usable.
+    field(0.0, y, state)
+
+
+def test_matmul_rate_is_positive():
+    rate = _flops.matmul_gflops(n=64, repeats=1)
+    assert rate["n"] == 64 and np.isfinite(rate["gflops"]) and rate["gflops"] > 0
