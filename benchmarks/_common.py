@@ -202,6 +202,9 @@ def environment() -> dict:
         jax=jax.__version__,
         jax_backend=jax.default_backend(),
         jax_device=jax.devices()[0].device_kind,
+        # None: XLA's default (on recent NVIDIA GPUs float32 products and convs
+        # then run in TF32).
+        jax_default_matmul_precision=jax.config.jax_default_matmul_precision,
         equinox=eqx.__version__,
         diffrax=dfx.__version__ if hasattr(dfx, "__version__") else _version("diffrax"),
         optax=optax.__version__,
