@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jex_core
 
+import tadiffeq as td
+
 
 def _axis_taps(size, kernel, stride, pad_lo, lhs_dilation, rhs_dilation, out_size):
     """Number of (output index, kernel tap) pairs along one spatial axis whose input
@@ -109,8 +111,7 @@ def field_flops(field, state, y) -> dict[str, int]:
     """Matrix FLOPs of one evaluation `field(t, y, state)` on the batched state `y`
     (`{"conv", "dot", "total"}`). The field is traced with the XLA convolution
     (`TADIFFEQ_CONV_IMPL=xla`) so that every conv is counted as one."""
-    leaves, treedef = jax.tree_util.tree_flatten(state)
-    state = jax.tree_util.tree_unflatten(treedef, leaves)  # a clone, not `state` itself
+    state = td.clone_state(state)  # the caller's `state` stays usable
     old = os.environ.get("TADIFFEQ_CONV_IMPL")
     os.environ["TADIFFEQ_CONV_IMPL"] = "xla"
     try:

@@ -1,6 +1,5 @@
 """The FLOP counter behind bench_vs_torch.py's achieved-FLOP/s columns."""
 
-import pathlib
 import sys
 
 import equinox as eqx
@@ -8,12 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REPO
 
 import tadiffeq as td
 from tadiffeq._models.conv import _GEOMETRY
-
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 sys.path.insert(0, str(REPO / "benchmarks"))
