@@ -14,26 +14,14 @@ is the model's, the same for JAX (any impl) and the torch reference.
 import math
 import os
 import statistics
-import time
 
+import _common as C
 import jax
 import jax.numpy as jnp
 from jax.extend import core as jex_core
 
 import tadiffeq as td
-
-
-def _axis_taps(size, kernel, stride, pad_lo, lhs_dilation, rhs_dilation, out_size):
-    """Number of (output index, kernel tap) pairs along one spatial axis whose input
-    position is a real element (not padding, not a dilation hole)."""
-    last = (size - 1) * lhs_dilation
-    count = 0
-    for i in range(out_size):
-        for a in range(kernel):
-            p = i * stride + a * rhs_dilation - pad_lo
-            if 0 <= p <= last and p % lhs_dilation == 0:
-                count += 1
-    return count
+from tadiffeq._models.conv import tap_mask
 
 
 def conv_flops(lhs_shape, rhs_shape, out_shape, params) -> int:
@@ -49,14 +37,16 @@ def conv_flops(lhs_shape, rhs_shape, out_shape, params) -> int:
     rhs_dil = params["rhs_dilation"] or (1,) * ndim
     taps = 1
     for d in range(ndim):
-        taps *= _axis_taps(
-            lhs_shape[lhs_spec[2 + d]],
-            rhs_shape[rhs_spec[2 + d]],
-            params["window_strides"][d],
-            params["padding"][d][0],
-            lhs_dil[d],
-            rhs_dil[d],
-            out_shape[out_spec[2 + d]],
+        taps *= int(
+            tap_mask(
+                lhs_shape[lhs_spec[2 + d]],
+                rhs_shape[rhs_spec[2 + d]],
+                params["window_strides"][d],
+                params["padding"][d][0],
+                lhs_dil[d],
+                out_shape[out_spec[2 + d]],
+                kernel_dilation=rhs_dil[d],
+            ).sum()
         )
     return 2 * batch * cin * cout * taps
 
@@ -135,12 +125,8 @@ def matmul_gflops(n: int | None = None, repeats: int = 10) -> dict:
         n = 2048 if jax.default_backend() == "cpu" else 8192
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
     f = jax.jit(lambda a: a @ a)
-    f(a).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        f(a).block_until_ready()
-        times.append(time.perf_counter() - start)
+    C.block(f(a))
+    times = [C.timed(lambda: C.block(f(a)))[0] for _ in range(repeats)]
     flop = 2 * n**3
     return dict(
         n=n,

@@ -231,18 +231,31 @@ def conv2d(
     return _xla_conv(x, w, stride, padding, dilation)
 
 
-def _border_mask(size: int, mode: str, kernel: int = 3) -> np.ndarray:
-    """mask[i, a] = 1 where output row i, kernel row a reads a real input pixel (not
-    zero padding, nor a hole of the input dilation)."""
-    stride, (lo, _), dilation = _GEOMETRY[mode]
-    out_size = _output_size(size, mode)
+def tap_mask(
+    size: int,
+    kernel: int,
+    stride: int,
+    pad_lo: int,
+    dilation: int,
+    out_size: int,
+    kernel_dilation: int = 1,
+) -> np.ndarray:
+    """Along one spatial axis of a convolution, mask[i, a] = 1 where output index i,
+    kernel tap a reads a real input element (not zero padding, nor a hole of the
+    input `dilation`). Shape `(out_size, kernel)`."""
     mask = np.zeros((out_size, kernel), np.float32)
     for i in range(out_size):
         for a in range(kernel):
-            p = i * stride + a - lo  # position in the dilated input
+            p = i * stride + a * kernel_dilation - pad_lo  # in the dilated input
             if 0 <= p <= (size - 1) * dilation and p % dilation == 0:
                 mask[i, a] = 1.0
     return mask
+
+
+def _border_mask(size: int, mode: str, kernel: int = 3) -> np.ndarray:
+    """`tap_mask` of a `TimeConv2d` of `mode` on an axis of `size` pixels."""
+    stride, (lo, _), dilation = _GEOMETRY[mode]
+    return tap_mask(size, kernel, stride, lo, dilation, _output_size(size, mode))
 
 
 def _output_size(size: int, mode: str) -> int:
