@@ -219,6 +219,12 @@ def train(
         saved = meta["config"]
         if any(saved[k] != getattr(cfg, k) for k in TRAIN_FIELDS):
             raise ValueError(f"{out} holds a checkpoint of another configuration.")
+        if step > cfg.iterations:
+            raise ValueError(
+                f"{out} holds a checkpoint after {step} iterations, more than "
+                f"`--iterations {cfg.iterations}`; ask for at least {step} (a run can "
+                "be extended, not shortened) or choose another output directory."
+            )
         history = meta["history"]
         log(f"  [{cfg.solver}] resumed from iteration {step}")
     t_start = time.perf_counter() - history["seconds"]

@@ -204,10 +204,19 @@ class NeuralODE(eqx.Module):
                     f"integrates over [{t0}, {t1}]; build the layers with the same "
                     "`t0` and `t1`."
                 )
+        batch_dependent = [
+            type(layer).__name__
+            for layer in norm_layers(field)
+            if not type(layer).batch_independent_at_inference
+        ]
         if per_sample_inference is None:
-            per_sample_inference = all(
-                type(layer).batch_independent_at_inference
-                for layer in norm_layers(field)
+            per_sample_inference = not batch_dependent
+        elif per_sample_inference and batch_dependent:
+            raise ValueError(
+                "`per_sample_inference=True` solves every sample on its own, but the "
+                f"field's {', '.join(sorted(set(batch_dependent)))} normalises with "
+                "batch statistics in inference mode too, which one sample cannot "
+                "give; use `per_sample_inference=False`."
             )
         self.field = field
         self.solver = solver

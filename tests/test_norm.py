@@ -46,15 +46,20 @@ def test_tabn_training_matches_hand_computation(shape, getkey):
 
 def test_tabn_inference_uses_interpolated_statistics(getkey):
     norm, state = _make(td.TABatchNorm, 3, num_intervals=2, t0=1.0, t1=2.0)
+    gamma = jax.random.normal(getkey(), (3, 3))
+    beta = jax.random.normal(getkey(), (3, 3))
+    norm = eqx.tree_at(lambda n: (n.weight, n.bias), norm, (gamma, beta))
     rm = jax.random.normal(getkey(), (3, 3))
     rv = jax.random.uniform(getkey(), (3, 3), minval=0.5, maxval=2.0)
     state = state.set(norm.state_index, (rm, rv))
     x = jax.random.normal(getkey(), (4, 3))
     out, same = eqx.nn.inference_mode(norm)(1.25, x, state)
-    m = 0.5 * rm[0] + 0.5 * rm[1]
-    v = 0.5 * rv[0] + 0.5 * rv[1]
+    # t = 1.25 is halfway between grid points 0 (t = 1) and 1 (t = 1.5): statistics
+    # and affine are both the mean of the two points.
+    m, v = 0.5 * (rm[0] + rm[1]), 0.5 * (rv[0] + rv[1])
+    g, b = 0.5 * (gamma[0] + gamma[1]), 0.5 * (beta[0] + beta[1])
     np.testing.assert_allclose(
-        out, _np_norm(np.asarray(x), m, v, 1e-5, 1, 0), rtol=1e-5
+        out, _np_norm(np.asarray(x), m, v, 1e-5, g, b), rtol=1e-5, atol=1e-6
     )
     assert same is state
     # Per-sample: the first row alone gives the same output.
@@ -214,6 +219,34 @@ def test_norm_errors():
     # Batch of one is fine in inference mode.
     out, _ = norm(0.0, jnp.ones((1, 3)), state, inference=True)
     assert out.shape == (1, 3)
+    for axis in (2, -3, 5):
+        bad, bad_state = _make(td.TABatchNorm, 3, channel_axis=axis)
+        with pytest.raises(ValueError, match=f"channel_axis={axis}` is out of range"):
+            bad(0.0, jnp.ones((2, 3)), bad_state)
+    with pytest.raises(ValueError, match="`t` must be a scalar time, got shape"):
+        norm(jnp.linspace(0, 1, 101), jnp.ones((2, 3)), state)
+    with pytest.raises(ValueError, match="`kernel_width` only applies"):
+        td.TABatchNorm(3, kernel_width=0.1)
+    with pytest.raises(ValueError, match="`kernel_width` must be a positive float"):
+        td.TABatchNorm(3, interpolation="gaussian", kernel_width=-1.0)
+    # Batch statistics of one value per channel would return the bias for any input.
+    mini, mini_state = _make(td.MiniBatchNorm, 3)
+    with pytest.raises(ValueError, match="MiniBatchNorm: needs more than one value"):
+        mini(0.0, jnp.ones((1, 3)), mini_state)
+    field = td.MLPField(3, (8,), norm="minibatch", key=jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="per_sample_inference=True.*MiniBatchNorm"):
+        td.NeuralODE(field, per_sample_inference=True)
+
+
+def test_tabn_non_finite_batch_leaves_other_points(getkey):
+    norm, state = _make(td.TABatchNorm, 2, num_intervals=4)
+    x = jax.random.normal(getkey(), (5, 2)).at[0, 1].set(jnp.inf)
+    _, new = norm(0.3, x, state)  # between points 1 (t = 0.25) and 2 (t = 0.5)
+    rm, rv = new.get(norm.state_index)
+    untouched = np.array([0, 3, 4])
+    np.testing.assert_array_equal(rm[untouched], 0.0)
+    np.testing.assert_array_equal(rv[untouched], 1.0)
+    assert np.isfinite(rm[1:3, 0]).all() and not np.isfinite(rm[1:3, 1]).any()
 
 
 def test_jit_and_vmap_over_independent_batches(getkey):

@@ -65,3 +65,14 @@ def test_grid_errors():
         td.GaussianTimeGrid(0.0, 1.0, 4, width=-1.0)
     with pytest.raises(ValueError, match="width"):
         td.make_time_grid("linear", width=0.1)
+    with pytest.raises(ValueError, match="`t` must be a scalar time"):
+        td.LinearTimeGrid(0.0, 1.0, 4).weights(jnp.zeros(5))
+
+
+def test_points_follow_the_default_float_dtype():
+    grid = td.LinearTimeGrid(0.0, 1.0, 4)
+    assert grid.points().dtype == jnp.float32
+    with jax.enable_x64(True):
+        points = grid.points()
+        assert points.dtype == jnp.float64 == grid.weights(0.3).dtype
+        np.testing.assert_array_equal(points, [0.0, 0.25, 0.5, 0.75, 1.0])

@@ -67,6 +67,11 @@ class AbstractNorm(eqx.Module):
                 f"shape {x.shape}. tadiffeq keeps the batch inside the ODE state, so "
                 "batch statistics are taken at one time t."
             )
+        if not -x.ndim <= self.channel_axis < x.ndim:
+            raise ValueError(
+                f"{cls}: `channel_axis={self.channel_axis}` is out of range for `x` "
+                f"of shape {x.shape} ({x.ndim} axes)."
+            )
         axis = self.channel_axis % x.ndim
         if axis == 0:
             raise ValueError(

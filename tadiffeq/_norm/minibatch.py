@@ -69,5 +69,12 @@ class MiniBatchNorm(AbstractNorm):
     ) -> tuple[Float[Array, "batch *rest"], eqx.nn.State]:
         del t, inference  # Same behaviour in both modes.
         axis = self._axis(x)
-        mean, var, _ = batch_moments(x, axis)
+        mean, var, count = batch_moments(x, axis)
+        if count < 2:
+            raise ValueError(
+                f"MiniBatchNorm: needs more than one value per channel to take batch "
+                f"statistics, got `x` of shape {x.shape} (the output would be the "
+                "bias whatever the input). Use a batch of at least 2, or a layer with "
+                "running statistics (TABatchNorm, PopTIBatchNorm) for single samples."
+            )
         return normalise(x, axis, mean, var, self.eps, self.weight, self.bias), state

@@ -4,6 +4,7 @@ from typing import ClassVar
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Shaped
 
 from .base import (
@@ -126,6 +127,7 @@ class TABatchNorm(AbstractNorm):
                 t1=t1,
                 num_intervals=num_intervals,
                 width=kernel_width,
+                width_name="kernel_width",
             )
         shape = (grid.num_points, num_features)
         self.num_features = num_features
@@ -171,14 +173,18 @@ class TABatchNorm(AbstractNorm):
         out = normalise(x, axis, mean, var, self.eps, gamma, beta)
         running_mean, running_var = state.get(self.state_index)
         batch_var = unbiased("TABatchNorm", var, count, x.shape)
-        # Momentum eta * w_k on every grid point; zero weights leave a point as is.
+        # Momentum eta * w_k on every grid point; points of zero weight are left as
+        # they are (also when the batch is not finite: 0 * inf would be NaN).
         rate = jax.lax.stop_gradient(
             self.momentum * self.grid.weights(t).astype(running_mean.dtype)
         )[:, None]
         batch_mean = jax.lax.stop_gradient(mean).astype(running_mean.dtype)
         batch_var = jax.lax.stop_gradient(batch_var).astype(running_var.dtype)
-        new = (
-            running_mean + rate * (batch_mean - running_mean),
-            running_var + rate * (batch_var - running_var),
+        new = tuple(
+            jnp.where(rate > 0, running + rate * (batch - running), running)
+            for running, batch in (
+                (running_mean, batch_mean),
+                (running_var, batch_var),
+            )
         )
         return out, state.set(self.state_index, new)

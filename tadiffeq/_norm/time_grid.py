@@ -63,10 +63,16 @@ class AbstractTimeGrid(eqx.Module):
 
     def points(self) -> Float[Array, " points"]:
         """The grid times t_k = t0 + k h, k = 0..M."""
-        return self.t0 + self.spacing * jnp.arange(self.num_points, dtype=jnp.float32)
+        k = jnp.arange(self.num_points, dtype=jnp.result_type(float))
+        return self.t0 + self.spacing * k
 
     def _position(self, t: ArrayLike) -> Float[Array, ""]:
         """s = (clamp(t) - t0) / h, the time in units of grid spacing, in [0, M]."""
+        if jnp.ndim(t) != 0:
+            raise ValueError(
+                f"{type(self).__name__}: `t` must be a scalar time, got shape "
+                f"{jnp.shape(t)}."
+            )
         t = jnp.asarray(t, dtype=jnp.result_type(float))
         s = (t - self.t0) / self.spacing
         return jnp.clip(s, 0.0, float(self.num_intervals))
@@ -144,8 +150,10 @@ def make_time_grid(
     t1: float = 1.0,
     num_intervals: int = 100,
     width: float | None = None,
+    width_name: str = "width",
 ) -> AbstractTimeGrid:
-    """Builds a time grid by name: `"linear"`, `"nearest"` or `"gaussian"`."""
+    """Builds a time grid by name: `"linear"`, `"nearest"` or `"gaussian"`.
+    `width_name` is what errors call `width` (the caller's argument name)."""
     try:
         cls = _GRIDS[interpolation]
     except (KeyError, TypeError):
@@ -154,9 +162,12 @@ def make_time_grid(
             f"{sorted(_GRIDS)}."
         ) from None
     if cls is GaussianTimeGrid:
+        if width is not None and not (width > 0 and math.isfinite(width)):
+            raise ValueError(f"`{width_name}` must be a positive float, got {width}.")
         return GaussianTimeGrid(float(t0), float(t1), num_intervals, width)
     if width is not None:
         raise ValueError(
-            f"`width` only applies to interpolation='gaussian', not {interpolation!r}."
+            f"`{width_name}` only applies to interpolation='gaussian', not "
+            f"{interpolation!r}."
         )
     return cls(float(t0), float(t1), num_intervals)
