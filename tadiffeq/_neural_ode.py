@@ -346,8 +346,15 @@ class NeuralODE(eqx.Module):
             )
             dt0 = jax.lax.stop_gradient(tnext - t0)
             num_heuristic = 2 if _uses_pid_heuristic(controller) else 0
+        # A regularizer reads its integrals off the state at t1, also when `ts` ends
+        # earlier: then t1 is saved after `ts` (one SaveAt, which BacksolveAdjoint
+        # needs) and split off below.
+        save_t1 = ts is not None and regularizer is not None
         if ts is None:
             saveat = dfx.SaveAt(t1=True, solver_state=True)
+        elif save_t1:
+            ts_t1 = jnp.concatenate([ts, jnp.full((1,), t1, ts.dtype)])
+            saveat = dfx.SaveAt(ts=ts_t1, solver_state=True)
         else:
             saveat = dfx.SaveAt(ts=ts, solver_state=True)
         sol = dfx.diffeqsolve(
@@ -362,14 +369,17 @@ class NeuralODE(eqx.Module):
             adjoint=self.adjoint,
             max_steps=self.max_steps,
         )
-        ys = sol.ys
+        ys, y_end = sol.ys, None
         if ts is None:
             ys = jtu.tree_map(lambda a: a[0], ys)
+            y_end = ys
+        elif save_t1:
+            y_end = jtu.tree_map(lambda a: a[-1], ys)
+            ys = jtu.tree_map(lambda a: a[:-1], ys)
         _, new_state, observed = sol.solver_state
         new_state = jax.lax.stop_gradient(clone_state(new_state))
         value, extra = jnp.zeros((), jnp.result_type(float)), 0
         if regularizer is not None:
-            y_end = ys if ts is None else jtu.tree_map(lambda a: a[-1], ys)
             result = SolveResult(plan=plan, y1=y_end, observed=observed, state=state)
             value, extra = regularizer.finish(self, result)
         if plan.augment is not None:

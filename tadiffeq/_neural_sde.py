@@ -52,13 +52,16 @@ class NeuralSDE(eqx.Module):
 
     **Solver.** diffrax has no SOSRI (the Itô method with an embedded error estimate
     that Pal et al. 2023 used). We use `diffrax.Heun()`: a Stratonovich method whose
-    embedded Euler estimate drives the PID controller. For diagonal noise, which
-    commutes, Heun converges with strong order 1 in the Stratonovich sense. The
-    Brownian motion is a `diffrax.VirtualBrownianTree` (adaptive steps need one),
-    built from the `key` of each call, over `[t0, 2 t1 - t0]` so a regularizer's step
-    past `t1` is defined. The initial step is the PID heuristic applied to the drift
-    alone (two drift evaluations). The batch is one system (shared step sizes; each
-    sample has its own noise) in training and in inference. `SolveStats` counts one
+    embedded Euler estimate drives the PID controller. Heun converges with strong
+    order 1 in the Stratonovich sense when the noise commutes (here: when g_i depends
+    on y_i alone); a diffusion network whose every output depends on all of y gives
+    non-commutative noise, and strong order 1/2. The Brownian motion is a
+    `diffrax.VirtualBrownianTree` (adaptive steps need one), built from the `key` of
+    each call, over `[t0, 2 t1 - t0]` so a regularizer's step past `t1` is defined
+    (that step is capped at the tree's end). The initial step is the PID heuristic
+    applied to the drift alone (two drift evaluations), or `dt0`. The batch is one
+    system (shared step sizes; each sample has its own noise) in training and in
+    inference. `SolveStats` counts one
     evaluation per stage (a drift and a diffusion evaluation each).
 
     The drift and diffusion are vector fields `(t, y, state) -> (out, state)` (e.g.
@@ -72,7 +75,8 @@ class NeuralSDE(eqx.Module):
       with an error estimate works; Heun is the one that is Stratonovich-consistent).
     - `stepsize_controller`: default `diffrax.PIDController(rtol=1e-3, atol=1e-3)`.
     - `t0`, `t1`: the interval (default `[0, 1]`).
-    - `dt0`: initial step (default: the drift heuristic).
+    - `dt0`: initial step (default: the drift heuristic); required, and the step,
+      with a non-adaptive `stepsize_controller` such as `diffrax.ConstantStepSize()`.
     - `brownian_tol`: the Brownian tree's resolution (default `(t1 - t0) / 2**12`).
     - `max_steps`: default `4096`.
     """
@@ -104,6 +108,16 @@ class NeuralSDE(eqx.Module):
         if not (math.isfinite(t0) and math.isfinite(t1) and t0 < t1):
             raise ValueError(f"Need finite `t0 < t1`, got t0={t0}, t1={t1}.")
         check_positive_int("max_steps", max_steps)
+        if dt0 is not None and not (math.isfinite(dt0) and dt0 > 0):
+            raise ValueError(f"`dt0` must be positive and finite, got {dt0}.")
+        adaptive = stepsize_controller is None or isinstance(
+            stepsize_controller, dfx.AbstractAdaptiveStepSizeController
+        )
+        if dt0 is None and not adaptive:
+            raise ValueError(
+                f"`stepsize_controller={type(stepsize_controller).__name__}()` does "
+                "not choose step sizes; pass `dt0`."
+            )
         solver = dfx.Heun() if solver is None else solver
         if not StatefulSolver(solver).has_error_estimate:
             raise ValueError(
@@ -149,7 +163,12 @@ class NeuralSDE(eqx.Module):
         )
 
     def _initial_step(self, state, t, y):
-        """The PID heuristic on the drift alone (gradient stopped)."""
+        """The PID heuristic on the drift alone (gradient stopped); `dt0` for a
+        non-adaptive controller."""
+        if not isinstance(
+            self.stepsize_controller, dfx.AbstractAdaptiveStepSizeController
+        ):
+            return jnp.asarray(self.dt0, jnp.result_type(t))
         drift = dfx.ODETerm(_Drift(self.drift, state))
         ode_solver = StatefulSolver(self.solver)
         tnext, _ = self.stepsize_controller.init(
@@ -239,6 +258,8 @@ class NeuralSDE(eqx.Module):
         t = jax.lax.stop_gradient(jnp.asarray(t))
         y = jax.lax.stop_gradient(y)
         dt = self._initial_step(state, t, y)
+        # The heuristic may propose more than the Brownian tree covers (a slow drift).
+        dt = jnp.minimum(dt, (2 * self.t1 - self.t0) - t)
         control = context.contr(t, t + dt)
 
         def evaluate(tt, z, _):
@@ -249,4 +270,7 @@ class NeuralSDE(eqx.Module):
             k0 = jax.lax.stop_gradient(k0)
         stages = run_stages(tab, evaluate, t, dt, y, k0, None, None, keep_last_f=False)
         e = scaled_error(y, stages.y1, stages.y_error, rtol_, atol_, norm)
-        return e * dt, 2 + tab.num_stages
+        adaptive = isinstance(
+            self.stepsize_controller, dfx.AbstractAdaptiveStepSizeController
+        )
+        return e * dt, (2 if adaptive else 0) + tab.num_stages

@@ -17,6 +17,15 @@ class Constant(td.AbstractVectorField):
         return jnp.full_like(y, self.value), state
 
 
+class Linear(td.AbstractVectorField):
+    """dy/dt = rate * y."""
+
+    rate: float
+
+    def __call__(self, t, y, state):
+        return self.rate * y, state
+
+
 def _sde(key, **kw):
     k1, k2 = jax.random.split(key)
     drift = td.MLPField(3, (16,), norm="none", activation="tanh", key=k1)
@@ -109,6 +118,36 @@ def test_sde_local_step_with_zero_noise_matches_the_ode_estimate(getkey):
     assert n_sde == n_ode == 4
 
 
+def test_sde_local_step_of_a_slow_drift_stays_on_the_brownian_tree(getkey):
+    """A slow drift makes the heuristic propose a step longer than the Brownian tree
+    covers; the local step is capped at the tree's end, 2 t1 - t0."""
+    sde = td.NeuralSDE(Linear(1e-6), Constant(0.1))
+    state = eqx.nn.State(sde)
+    y = jax.random.normal(getkey(), (4, 3))
+    assert float(sde._initial_step(state, 0.5, y)) > 1.5  # past the tree's end, 2
+    terms = sde._terms(state, y, getkey())
+    value, evals = sde.local_step_estimate(state, 0.5, y, context=terms)
+    assert np.isfinite(float(value)) and evals == 4
+    _, _, stats = sde(y, state, key=getkey(), regularizer=td.LocalRegularizer())
+    assert np.isfinite(float(stats.regularization))
+
+
+def test_sde_constant_step_size(getkey):
+    drift = td.MLPField(3, (8,), norm="none", activation="tanh", key=getkey())
+    sde = td.NeuralSDE(
+        drift, Constant(0.1), stepsize_controller=dfx.ConstantStepSize(), dt0=0.1
+    )
+    state = eqx.nn.State(sde)
+    x = jax.random.normal(getkey(), (4, 3))
+    reg = td.LocalRegularizer(rtol=1e-3, atol=1e-3)
+    _, _, stats = sde(x, state, key=getkey(), regularizer=reg)
+    assert int(stats.num_steps) == 10
+    # Two Heun stages per step and per local step; no step-size heuristic.
+    assert int(stats.num_fn_evals) == 2 * 10
+    assert int(stats.num_regularizer_evals) == 2
+    assert float(stats.regularization) > 0
+
+
 def test_sde_errors(getkey):
     k = getkey()
     stateful = td.MLPField(3, (8,), norm="tabn", key=k)
@@ -117,6 +156,11 @@ def test_sde_errors(getkey):
         td.NeuralSDE(stateful, plain)
     with pytest.raises(ValueError, match="no error estimate"):
         td.NeuralSDE(plain, plain, solver=dfx.Euler())
+    for dt0 in (0.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="`dt0` must be positive"):
+            td.NeuralSDE(plain, plain, dt0=dt0)
+    with pytest.raises(ValueError, match="ConstantStepSize.*pass `dt0`"):
+        td.NeuralSDE(plain, plain, stepsize_controller=dfx.ConstantStepSize())
     sde, state = _sde(getkey())
     with pytest.raises(ValueError, match="kind='error'"):
         sde(jnp.ones((2, 3)), state, key=getkey(), regularizer=td.RNODE())

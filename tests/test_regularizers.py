@@ -199,6 +199,20 @@ def test_biased_samples_lie_on_accepted_step_boundaries(getkey):
     assert len(counts) == n_acc and min(counts.values()) >= 2
 
 
+def test_local_regularizer_value_is_the_step_at_the_sampled_time(getkey):
+    """End to end: the unbiased regularizer's value is `local_step_estimate` at
+    t_s ~ U[t0, t1) drawn from the key, from the solution y(t_s)."""
+    node, state = _mlp(getkey(), scale=2.0)
+    x = jax.random.normal(getkey(), (5, 4))
+    key = jax.random.PRNGKey(3)
+    _, _, stats = node(x, state, regularizer=td.LocalRegularizer(), key=key)
+    t_s = jax.random.uniform(key, (), minval=node.t0, maxval=node.t1)
+    y_s = node(x, state, ts=t_s[None])[0][0]
+    expected, evals = node.local_step_estimate(state, t_s, y_s)
+    assert float(expected) > 0 and int(stats.num_regularizer_evals) == evals == 9
+    np.testing.assert_allclose(stats.regularization, expected, rtol=1e-5)
+
+
 def test_time_probe_reads_the_dense_output(getkey):
     node, state = _mlp(getkey())
     y0 = jax.random.normal(getkey(), (3, 4))
@@ -346,6 +360,19 @@ def test_rnode_integrals_on_a_linear_field(getkey):
     )
     ke = 0.5 * np.sum((ys @ np.asarray(a)) ** 2, axis=2).mean(1)
     np.testing.assert_allclose(stats.regularization, np.trapezoid(ke, ts), rtol=1e-4)
+    # The integrals run to t1 also when the saved times end earlier.
+    with jax.enable_x64(False):
+        ys_half, _, stats_half = node(
+            x, state, ts=jnp.array([0.0, 0.5]), regularizer=td.RNODE(1.0, 0.0), key=key
+        )
+    assert ys_half.shape == (2, 3, 2)
+    np.testing.assert_allclose(
+        ys_half[1], np.asarray(x) @ np.asarray(jax.scipy.linalg.expm(0.5 * a)),
+        rtol=1e-5, atol=1e-6,
+    )  # fmt: skip
+    np.testing.assert_allclose(
+        stats_half.regularization, stats.regularization, rtol=1e-6
+    )
 
 
 def test_taynode_total_derivatives_and_integral(getkey):

@@ -25,8 +25,11 @@ class GlobalRegularizer(AbstractRegularizer):
     **Arguments:**
 
     - `kind`: `"error"` (default) or `"stiffness"`.
-    - `reduce`: `"mean"`, `"sum"` or `"max"` over the accepted steps; default `"mean"`
-      for error and `"max"` for stiffness, as the papers used.
+    - `reduce`: `"mean"`, `"sum"` or `"max"` over the accepted steps. Default
+      `"mean"` for error: the paper writes R_E as the sum of the steps' `E * dt`,
+      its code (RegNeuralDE.jl) averages them, which differs by the step count and
+      keeps the weight's scale independent of it; `"sum"` is the paper's formula.
+      Default `"max"` for stiffness: the stiffest accepted step.
     - `rtol`, `atol`: the error scaling; default the node's `PIDController`'s.
 
     ??? cite "Reference"
