@@ -1,5 +1,7 @@
 """Training and evaluation helpers shared by the experiment scripts."""
 
+import argparse
+import hashlib
 import json
 import pathlib
 import sys
@@ -208,22 +210,36 @@ def train_classifier(
     model, state = (build or build_classifier)(
         cfg, x_train.shape[1:], num_classes, model_key
     )
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise ValueError(
+            f"`epochs` and `batch_size` must be positive, got {cfg.epochs} and "
+            f"{cfg.batch_size}."
+        )
     steps_per_epoch = len(x_train) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"`batch_size={cfg.batch_size}` is larger than the {len(x_train)} "
+            "training samples: no full batch to train on."
+        )
     optimizer = make_optimizer(cfg, cfg.epochs * steps_per_epoch)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
     penalty = cfg.affine_penalty if cfg.norm.startswith("tabn") else 0.0
     step_fn = make_train_step(optimizer, penalty)
     history = []
     ckpt = None if checkpoint_dir is None else td.Checkpointer(checkpoint_dir)
-    if ckpt is not None and (restored := ckpt.restore((model, opt_state, state))):
-        _, (model, opt_state, state), meta = restored
+    fingerprint = data_fingerprint(x_train, y_train)
+    if ckpt is not None and (latest := ckpt.latest()) is not None:
+        _, meta = latest
         # Keys added to the config since the checkpoint was written count as their
-        # defaults, so older checkpoints still resume.
-        if {**asdict(ClassifierConfig()), **meta["config"]} != asdict(cfg):
+        # defaults, and a missing data fingerprint as a match, so older checkpoints
+        # still resume. Checked before the arrays are read.
+        same_config = {**asdict(ClassifierConfig()), **meta["config"]} == asdict(cfg)
+        if not same_config or meta.get("data", fingerprint) != fingerprint:
             raise ValueError(
-                f"{checkpoint_dir} holds a run of another configuration; delete it "
-                "or choose another output directory."
+                f"{checkpoint_dir} holds a run of another configuration or other "
+                "training data; delete it or choose another output directory."
             )
+        _, (model, opt_state, state), meta = ckpt.restore((model, opt_state, state))
         history = meta["history"]
         log(f"  {label} resumed after epoch {len(history)}")
     mesh = td.data_parallel_mesh()
@@ -268,10 +284,28 @@ def train_classifier(
             )
         )
         if ckpt is not None:
-            meta = dict(config=asdict(cfg), history=history)
+            meta = dict(config=asdict(cfg), history=history, data=fingerprint)
             ckpt.save(epoch + 1, (model, opt_state, state), meta)
     log("")
     return model, state, history
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def data_fingerprint(x: np.ndarray, y: np.ndarray) -> str:
+    """A short hash of a training set (shapes, dtypes, all labels, up to 512 evenly
+    spaced images), so that a checkpoint is not resumed on other data."""
+    x, y = np.asarray(x), np.asarray(y)
+    h = hashlib.sha256(repr((x.shape, x.dtype.str, y.shape, y.dtype.str)).encode())
+    h.update(np.ascontiguousarray(y).tobytes())
+    h.update(np.ascontiguousarray(x[:: max(1, len(x) // 512)]).tobytes())
+    return h.hexdigest()[:16]
 
 
 def evaluate(

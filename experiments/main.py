@@ -10,7 +10,7 @@ TA-BN does not). Data: the offline MNIST split when the IDX files are found (see
 augmented Neural ODE of `regularization_toy.py` without and with the local and global
 regularizers (same seed) and reports the test NFE. Figures go to `--out`.
 
-    python experiments/main.py                 # about 1-2 minutes on 2 CPU cores
+    python experiments/main.py                 # 2 to 4 minutes on 2 CPU cores
     python experiments/main.py --data synthetic --epochs 1
 """
 
@@ -26,6 +26,7 @@ from common import (  # noqa: E402
     ClassifierConfig,
     evaluate,
     load_image_data,
+    positive_int,
     print_table,
     train_classifier,
     write_json,
@@ -39,13 +40,16 @@ def main(argv=None):
     )
     parser.add_argument("--norms", default="tabn,minibatch,popti,none",
                         help="comma-separated normalisation names")  # fmt: skip
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--epochs", type=positive_int, default=3)
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--hidden", type=positive_int, default=64)
     parser.add_argument(
-        "--train-limit", type=int, default=None, help="use only this many samples"
+        "--train-limit",
+        type=positive_int,
+        default=None,
+        help="use only this many samples",
     )
-    parser.add_argument("--test-limit", type=int, default=None)
+    parser.add_argument("--test-limit", type=positive_int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--reg-steps", type=int, default=200,
@@ -56,9 +60,9 @@ def main(argv=None):
 
     t0 = time.perf_counter()
     data, description = load_image_data(args.data, seed=args.seed)
-    if args.train_limit:
+    if args.train_limit is not None:
         data["train"] = tuple(a[: args.train_limit] for a in data["train"])
-    if args.test_limit:
+    if args.test_limit is not None:
         data["test"] = tuple(a[: args.test_limit] for a in data["test"])
     n_train, n_test = len(data["train"][1]), len(data["test"][1])
     print(f"data: {description}; train {n_train}, test {n_test}")

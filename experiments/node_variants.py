@@ -38,6 +38,7 @@ from common import (  # noqa: E402
     ClassifierConfig,
     evaluate,
     load_image_data,
+    positive_int,
     print_table,
     SOLVERS,
     train_classifier,
@@ -86,11 +87,11 @@ def main(argv=None):
     parser.add_argument(
         "--data", default=defaults.data, choices=["auto", "mnist", "synthetic"]
     )
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--hidden", type=int, default=defaults.hidden)
-    parser.add_argument("--train-limit", type=int, default=None)
-    parser.add_argument("--test-limit", type=int, default=None)
+    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
+    parser.add_argument("--hidden", type=positive_int, default=defaults.hidden)
+    parser.add_argument("--train-limit", type=positive_int, default=None)
+    parser.add_argument("--test-limit", type=positive_int, default=None)
     parser.add_argument("--test-batches", default="256,2",
                         help="comma-separated test batch sizes")  # fmt: skip
     parser.add_argument("--solver", default=defaults.solver, choices=sorted(SOLVERS))
@@ -124,9 +125,9 @@ def run(cfg: VariantsConfig, out: pathlib.Path) -> list[dict]:
 
     t0 = time.perf_counter()
     data, description = load_image_data(cfg.data, seed=cfg.seed)
-    if cfg.train_limit:
+    if cfg.train_limit is not None:
         data["train"] = tuple(a[: cfg.train_limit] for a in data["train"])
-    if cfg.test_limit:
+    if cfg.test_limit is not None:
         data["test"] = tuple(a[: cfg.test_limit] for a in data["test"])
     x_test, y_test = data["test"]
     print(f"data: {description}; train {len(data['train'][1])}, test {len(y_test)}")

@@ -48,27 +48,33 @@ class Checkpointer:
     def save(self, step: int, tree: PyTree, metadata: dict[str, Any] | None = None):
         """Writes `tree` (any pytree of arrays and static data) and `metadata`
         (JSON-serialisable) as the checkpoint after `step` steps."""
-        name = f"step_{int(step)}"
+        step = int(step)
+        # A step saved again goes to a new folder: the one `latest.json` may point at
+        # is only removed after the commit point.
+        name, k = f"step_{step}", 0
+        while (self.directory / name).exists():
+            k += 1
+            name = f"step_{step}_r{k}"
         target = self.directory / name
         tmp = self.directory / f"{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         eqx.tree_serialise_leaves(tmp / "arrays.eqx", tree)
-        meta = {"step": int(step), "metadata": metadata or {}}
+        meta = {"step": step, "metadata": metadata or {}}
         (tmp / "meta.json").write_text(json.dumps(meta))
-        shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
         pointer = self.directory / "latest.json.tmp"
         pointer.write_text(json.dumps({"checkpoint": name}))
         os.replace(pointer, self._latest)  # the commit point
-        steps = sorted(
-            (int(p.name[5:]), p)
+        saved = sorted(
+            (_step_of(p.name), p.stat().st_mtime_ns, p)
             for p in self.directory.glob("step_*")
-            if p.is_dir() and p.name[5:].isdigit()
+            if p.is_dir() and _step_of(p.name) is not None
         )
-        for _, old in steps[: -self.keep]:
-            if old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
+        superseded = [p for s, _, p in saved if s == step and p.name != name]
+        others = [p for s, _, p in saved if s != step]
+        for old in superseded + others[: max(0, len(others) - (self.keep - 1))]:
+            shutil.rmtree(old, ignore_errors=True)
 
     def latest(self) -> tuple[int, dict[str, Any]] | None:
         """`(step, metadata)` of the latest checkpoint without loading its arrays, or
@@ -90,3 +96,9 @@ class Checkpointer:
         meta = json.loads((path / "meta.json").read_text())
         tree = eqx.tree_deserialise_leaves(path / "arrays.eqx", like)
         return meta["step"], tree, meta["metadata"]
+
+
+def _step_of(name: str) -> int | None:
+    """The step of a checkpoint folder `step_<n>` or `step_<n>_r<k>`, else `None`."""
+    base = name[5:].split("_r")[0]
+    return int(base) if base.isdigit() else None

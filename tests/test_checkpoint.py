@@ -54,3 +54,36 @@ def test_checkpoint_interrupted_save_keeps_previous_and_prunes(tmp_path):
 def test_checkpoint_rejects_bad_keep(tmp_path):
     with pytest.raises(ValueError, match="keep"):
         td.Checkpointer(tmp_path, keep=0)
+
+
+def test_checkpoint_resaving_a_step_is_atomic_too(tmp_path, monkeypatch):
+    import tadiffeq._checkpoint as module
+
+    ckpt = td.Checkpointer(tmp_path, keep=2)
+    like = {"w": jnp.zeros(3)}
+    ckpt.save(5, {"w": jnp.full(3, 5.0)}, {"n": 1})
+    real_replace = module.os.replace
+    for fail_at in (1, 2):  # the folder's rename, then the commit point
+        calls = []
+
+        def dying_replace(src, dst, fail_at=fail_at, calls=calls):
+            calls.append(src)
+            if len(calls) == fail_at:
+                raise KeyboardInterrupt
+            real_replace(src, dst)
+
+        monkeypatch.setattr(module.os, "replace", dying_replace)
+        with pytest.raises(KeyboardInterrupt):
+            ckpt.save(5, {"w": jnp.full(3, -1.0)}, {"n": 2})
+        monkeypatch.setattr(module.os, "replace", real_replace)
+        step, tree, meta = ckpt.restore(like)  # the first save, intact
+        assert (step, meta) == (5, {"n": 1})
+        np.testing.assert_array_equal(tree["w"], np.full(3, 5.0))
+    ckpt.save(5, {"w": jnp.full(3, 7.0)}, {"n": 3})
+    step, tree, meta = ckpt.restore(like)
+    assert (step, meta) == (5, {"n": 3})
+    np.testing.assert_array_equal(tree["w"], np.full(3, 7.0))
+    ckpt.save(6, {"w": jnp.full(3, 6.0)})
+    # One folder per step, the newest `keep` steps.
+    dirs = [p for p in tmp_path.glob("step_*") if not p.name.endswith(".tmp")]
+    assert sorted(module._step_of(p.name) for p in dirs) == [5, 6]

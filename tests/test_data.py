@@ -83,7 +83,17 @@ def test_iterate_batches():
     assert len(batches) == 2 and all(len(b[0]) == 4 for b in batches)
     for xb, yb in batches:
         np.testing.assert_array_equal(yb, 2 * xb)
+    seen = np.concatenate([b[0] for b in batches])
+    assert len(set(seen.tolist())) == 8  # no sample twice
     assert [len(b[0]) for b in iterate_batches(x, y, 4, drop_last=False)] == [4, 4, 2]
+    for seed in range(3):  # every sample once per epoch, in a seed-dependent order
+        order = np.concatenate(
+            [b[0] for b in iterate_batches(x, y, 4, seed=seed, drop_last=False)]
+        )
+        np.testing.assert_array_equal(np.sort(order), x)
+        assert not np.array_equal(order, x)
+    other = list(iterate_batches(x, y, 4, seed=2))
+    assert not np.array_equal(batches[0][0], other[0][0])
     again = list(iterate_batches(x, y, 4, seed=1))
     np.testing.assert_array_equal(batches[0][0], again[0][0])
     with pytest.raises(ValueError, match="differ in length"):

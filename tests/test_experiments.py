@@ -66,6 +66,21 @@ def test_training_is_deterministic_and_resumes_exactly(tmp_path):
             ClassifierConfig(norm="tabn", hidden=8, epochs=3, batch_size=32),
             data, log=log, checkpoint_dir=tmp_path / "b",
         )  # fmt: skip
+    # The same configuration on other training data is another run, too.
+    fewer = {**data, "train": (data["train"][0][:64], data["train"][1][:64])}
+    with pytest.raises(ValueError, match="other training data"):
+        train_classifier(cfg, fewer, log=log, checkpoint_dir=tmp_path / "b")
+    with pytest.raises(ValueError, match="`batch_size=128` is larger than the 96"):
+        train_classifier(ClassifierConfig(hidden=8, epochs=1), data, log=log)
+
+
+def test_main_job_rejects_bad_sizes(capsys):
+    import main
+
+    for flag, value in [("--train-limit", "0"), ("--batch-size", "-5")]:
+        with pytest.raises(SystemExit):
+            main.main([flag, value])
+        assert "must be a positive integer" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -103,6 +103,11 @@ def test_loader_errors_name_the_problem(tmp_path, small_folder):
     _write(bad, 9, [("01:05", "Heart", "80")])
     with pytest.raises(ValueError, match="unknown parameter 'Heart'"):
         read_physionet_record(bad / "9.txt")
+    for value in ("nan", "inf"):
+        _write(bad, 9, [("01:05", "HR", value)])
+        message = f"9.txt:4: the value '{value}' is not finite"
+        with pytest.raises(ValueError, match=message):
+            read_physionet_record(bad / "9.txt")
     with pytest.raises(FileNotFoundError, match="No PhysioNet"):
         load_physionet(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="test_fraction"):

@@ -126,6 +126,10 @@ def test_image_augmentation_composes_crop_flip_erasing(getkey):
     x = _images(getkey(), (8, 8, 8, 3))
     key = getkey()
     aug = ImageAugmentation(crop_padding=2, crop_fill=(-1.0, -2.0, -3.0))
+    # Per-channel fills as an array (e.g. -mean / std) are the same thing.
+    assert ImageAugmentation(crop_padding=2, crop_fill=-np.arange(1.0, 4.0)) == aug
+    with pytest.raises(ValueError, match="`crop_fill`"):
+        ImageAugmentation(crop_fill=())
     out = eqx.filter_jit(aug)(key, x)
     k_crop, k_flip, k_erase = jax.random.split(key, 3)
     by_hand = random_crop(k_crop, x, 2, fill=jnp.array([-1.0, -2.0, -3.0]))
@@ -241,6 +245,8 @@ def test_tfds_bad_arguments_name_the_accepted_values(mock_tfds):
     assert x.shape == (3, 32, 32, 3)
     with pytest.raises(ValueError, match=r"shape \(N, 32, 32, 3\)"):
         normalize_images(np.zeros((2, 28, 28, 1), np.uint8), "cifar10")
+    with pytest.raises(ValueError, match="`images` must be uint8"):
+        normalize_images(np.zeros((2, 32, 32, 3), np.float32), "cifar10")
 
 
 def test_channel_statistics_by_hand():

@@ -189,13 +189,18 @@ class ImageAugmentation(eqx.Module):
     def __init__(
         self,
         crop_padding: int = 4,
-        crop_fill: float | Sequence[float] = 0.0,
+        crop_fill: ArrayLike | Sequence[float] = 0.0,
         flip_probability: float = 0.5,
         erasing_probability: float = 0.5,
         erasing_value: float = 0.0,
     ):
         self.crop_padding = crop_padding
-        fill = crop_fill if isinstance(crop_fill, Sequence) else (crop_fill,)
+        fill = np.ravel(np.asarray(crop_fill, dtype=float))
+        if fill.size < 1 or not np.isfinite(fill).all():
+            raise ValueError(
+                "`crop_fill` must be a finite number or one per channel, got "
+                f"{crop_fill!r}."
+            )
         self.crop_fill = tuple(float(v) for v in fill)
         self.flip_probability = flip_probability
         self.erasing_probability = erasing_probability

@@ -90,6 +90,8 @@ def read_physionet_record(
             raise ValueError(
                 f"{where}: the value {value_text!r} is not a number."
             ) from None
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: the value {value_text!r} is not finite.")
         if name == "RecordID":
             record_id = int(value)
         if quantization is not None:

@@ -107,6 +107,11 @@ def normalize_images(images: np.ndarray, name: str) -> np.ndarray:
     `(x / 255 - mean) / std` with the dataset's per-channel constants."""
     info = image_dataset_info(name)
     images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise ValueError(
+            f"`images` must be uint8 (0-255), got {images.dtype}; images already "
+            "scaled to floats would be scaled twice."
+        )
     if images.ndim != 4 or images.shape[1:] != info.image_shape:
         shape = ", ".join(map(str, info.image_shape))
         raise ValueError(
