@@ -383,13 +383,24 @@ def regularization_weights(regularizer, cfg) -> Callable:
     return td.regularization_schedule(cfg.weight, cfg.weight_end, cfg.steps)
 
 
-def restore_checked(ckpt: td.Checkpointer, like, config: dict, where):
+def restore_checked(
+    ckpt: td.Checkpointer, like, config: dict, where, data: str | None = None
+):
     """`ckpt.restore(like)` (`(step, tree, meta)` or `None`), raising if the checkpoint
-    was written by a run of another configuration (`meta["config"] != config`)."""
-    restored = ckpt.restore(like)
-    if restored is not None and restored[2].get("config") != config:
+    was written by a run of another configuration (`meta["config"] != config`) or on
+    other training data (`meta["data"] != data`, a `data_fingerprint`; checkpoints
+    without one match). Checked before the arrays are read, so a mismatch gets this
+    message and not a deserialisation error. Save `data` in the metadata as `"data"`.
+    """
+    latest = ckpt.latest()
+    if latest is None:
+        return None
+    meta = latest[1]
+    if meta.get("config") != config:
         raise ValueError(f"{where} holds a checkpoint of another configuration.")
-    return restored
+    if data is not None and meta.get("data", data) != data:
+        raise ValueError(f"{where} holds a checkpoint of a run on other data.")
+    return ckpt.restore(like)
 
 
 def add_baseline_ratios(rows: list[dict], key: str = "regularizer") -> None:

@@ -44,6 +44,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
     add_baseline_ratios,
+    data_fingerprint,
+    positive_int,
     print_table,
     regularization_weights,
     restore_checked,
@@ -203,7 +205,10 @@ def run(
     ckpt = td.Checkpointer(out / "checkpoint")
     history = {"loss": [], "mse": [], "train_nfe": [], "reg": [], "seconds": 0.0}
     step = 0
-    restored = restore_checked(ckpt, (model, opt_state), dataclasses.asdict(cfg), out)
+    fingerprint = data_fingerprint(train["values"], train["mask"])
+    restored = restore_checked(
+        ckpt, (model, opt_state), dataclasses.asdict(cfg), out, fingerprint
+    )
     if restored is not None:
         step, (model, opt_state), meta = restored
         history = meta["history"]
@@ -244,7 +249,9 @@ def run(
             )
             if step % checkpoint_every == 0 or step == stop_at:
                 history["seconds"] = time.perf_counter() - t_start
-                meta = dict(config=dataclasses.asdict(cfg), history=history)
+                meta = dict(
+                    config=dataclasses.asdict(cfg), history=history, data=fingerprint
+                )
                 ckpt.save(step, (model, opt_state), meta)
             if step >= stop_at:
                 break
@@ -361,7 +368,7 @@ def main(argv=None):
         parser.add_argument(
             f"--{name.replace('_', '-')}", type=float, default=getattr(d, name)
         )
-    parser.add_argument("--checkpoint-every", type=int, default=100)
+    parser.add_argument("--checkpoint-every", type=positive_int, default=100)
     parser.add_argument("--out", default="results/latent_ode")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--no-figures", action="store_true")

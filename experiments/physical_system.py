@@ -52,7 +52,7 @@ import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from common import print_table, write_json  # noqa: E402
+from common import positive_int, print_table, write_json  # noqa: E402
 
 import tadiffeq as td  # noqa: E402
 from tadiffeq.data import generate_pendulum_chain  # noqa: E402
@@ -186,13 +186,15 @@ def train(cfg: PhysicalConfig, data, *, checkpoint_dir=None, stop_after_chunks=N
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
     history = []
     ckpt = None if checkpoint_dir is None else td.Checkpointer(checkpoint_dir)
-    if ckpt is not None and (restored := ckpt.restore((model, opt_state, state))):
-        _, (model, opt_state, state), meta = restored
-        if meta["config"] != _jsonable_config(cfg):
+    if ckpt is not None and (latest := ckpt.latest()) is not None:
+        # The configuration (which also fixes the generated data) is checked before
+        # the arrays are read.
+        if latest[1]["config"] != _jsonable_config(cfg):
             raise ValueError(
                 f"{checkpoint_dir} holds a run of another configuration; delete it "
                 "or choose another output directory."
             )
+        _, (model, opt_state, state), meta = ckpt.restore((model, opt_state, state))
         history = meta["history"]
     step_fn = make_train_step(cfg)
     step = history[-1]["step"] if history else 0
@@ -303,19 +305,21 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--norms", default="tabn,minibatch,popti,none",
                         help="comma-separated normalisation names")  # fmt: skip
-    parser.add_argument("--steps", type=int, default=d.steps)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--steps", type=positive_int, default=d.steps)
+    parser.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     parser.add_argument("--hidden", default=",".join(map(str, d.hidden)),
                         help="comma-separated hidden widths")  # fmt: skip
     parser.add_argument("--norm-layers", type=int, default=d.norm_layers)
-    parser.add_argument("--window", type=int, default=d.window)
-    parser.add_argument("--num-intervals", type=int, default=d.num_intervals)
-    parser.add_argument("--num-trajectories", type=int, default=d.num_trajectories)
-    parser.add_argument("--num-times", type=int, default=d.num_times)
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--chunk", type=int, default=d.chunk)
+    parser.add_argument("--window", type=positive_int, default=d.window)
+    parser.add_argument("--num-intervals", type=positive_int, default=d.num_intervals)
     parser.add_argument(
-        "--test-batch", type=int, default=256,
+        "--num-trajectories", type=positive_int, default=d.num_trajectories
+    )
+    parser.add_argument("--num-times", type=positive_int, default=d.num_times)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--chunk", type=positive_int, default=d.chunk)
+    parser.add_argument(
+        "--test-batch", type=positive_int, default=256,
         help="the large test batch (windows / trajectories)",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=d.seed)

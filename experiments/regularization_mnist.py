@@ -36,7 +36,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
     add_baseline_ratios,
+    data_fingerprint,
     load_image_data,
+    positive_int,
     print_table,
     regularization_weights,
     restore_checked,
@@ -173,7 +175,10 @@ def run(
     ckpt = td.Checkpointer(out / "checkpoint")
     history = {"ce": [], "train_nfe": [], "reg": [], "seconds": 0.0}
     step = 0
-    restored = restore_checked(ckpt, (model, opt_state), dataclasses.asdict(cfg), out)
+    fingerprint = data_fingerprint(x_train, y_train)
+    restored = restore_checked(
+        ckpt, (model, opt_state), dataclasses.asdict(cfg), out, fingerprint
+    )
     if restored is not None:
         step, (model, opt_state), meta = restored
         history = meta["history"]
@@ -206,7 +211,9 @@ def run(
                 )
             if step % checkpoint_every == 0 or step == stop_at:
                 history["seconds"] = time.perf_counter() - t_start
-                meta = dict(config=dataclasses.asdict(cfg), history=history)
+                meta = dict(
+                    config=dataclasses.asdict(cfg), history=history, data=fingerprint
+                )
                 ckpt.save(step, (model, opt_state), meta)
             if step >= stop_at:
                 break
@@ -276,7 +283,9 @@ def main(argv=None):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=None)
     for name in ("steps", "batch_size", "hidden", "seed", "eval_batch"):
         parser.add_argument(
-            f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name)
+            f"--{name.replace('_', '-')}",
+            type=int if name == "seed" else positive_int,
+            default=getattr(defaults, name),
         )
     parser.add_argument(
         "--data", default="auto", choices=["auto", "mnist", "synthetic"]
@@ -284,7 +293,7 @@ def main(argv=None):
     parser.add_argument(
         "--x64", action="store_true", help="float64 (ODE), for tolerances < 1e-6"
     )
-    parser.add_argument("--checkpoint-every", type=int, default=100)
+    parser.add_argument("--checkpoint-every", type=positive_int, default=100)
     parser.add_argument("--out", default="results/regularization_mnist")
     args = parser.parse_args(argv)
     # The paper's settings: ODE weight 5 -> 2.5, lr 1e-3; SDE weight 10, lr 1e-2,

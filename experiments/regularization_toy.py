@@ -24,7 +24,7 @@ import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from common import print_table, write_json  # noqa: E402
+from common import positive_int, print_table, write_json  # noqa: E402
 
 import tadiffeq as td  # noqa: E402
 
@@ -128,7 +128,7 @@ def main(argv=None):
         default="0,3,3,1e4,10",
         help="one weight per regularizer (comma-separated)",
     )
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=positive_int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/regularization_toy")
     args = parser.parse_args(argv)

@@ -39,6 +39,7 @@ from common import (  # noqa: E402
     ClassifierConfig,
     evaluate,
     load_image_data,
+    positive_int,
     print_table,
     train_classifier,
     write_json,
@@ -257,22 +258,22 @@ def main(argv=None):
         "--data", default="auto", choices=["auto", "mnist", "synthetic"]
     )
     parser.add_argument("--norms", default="tabn,minibatch,popti,none")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--epochs", type=positive_int, default=3)
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--hidden", type=positive_int, default=64)
     parser.add_argument("--noise-std", type=float, default=3.0)
     parser.add_argument("--depths", default="4,6,8,10,12")
     parser.add_argument(
-        "--num-intervals", type=int, default=DEFAULT_GRID,
+        "--num-intervals", type=positive_int, default=DEFAULT_GRID,
         help="TA-BN grid intervals M (the paper: 100); the grid study sweeps its own",
     )  # fmt: skip
     parser.add_argument(
-        "--conv-width", type=int, default=32,
+        "--conv-width", type=positive_int, default=32,
         help="depth study: the conv fields' first hidden channels (paper: 32; the "
         "others are 2x, 4x, 8x it)",
     )  # fmt: skip
-    parser.add_argument("--train-limit", type=int, default=None)
-    parser.add_argument("--test-limit", type=int, default=None)
+    parser.add_argument("--train-limit", type=positive_int, default=None)
+    parser.add_argument("--test-limit", type=positive_int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/tabn_ablations")
     args = parser.parse_args(argv)

@@ -42,6 +42,7 @@ from common import (  # noqa: E402
     build_classifier,
     ClassifierConfig,
     evaluate,
+    positive_int,
     solver_setup,
     SOLVERS,
     train_classifier,
@@ -300,19 +301,25 @@ def plot(row: dict, path: pathlib.Path) -> pathlib.Path | None:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", required=True, choices=list(PRESETS))
-    parser.add_argument("--epochs", type=int, help="default 100")
-    parser.add_argument("--batch-size", type=int, help="default 256")
+    parser.add_argument("--epochs", type=positive_int, help="default 100")
+    parser.add_argument("--batch-size", type=positive_int, help="default 256")
     parser.add_argument("--widths", help="U-Net channels per level, e.g. 8,16")
     parser.add_argument("--field", help="vector field (default unet; mlp or conv<d> "
                         "for cheap checks)")  # fmt: skip
-    parser.add_argument("--hidden", type=int, help="MLP field width (with --field mlp)")
+    parser.add_argument(
+        "--hidden", type=positive_int, help="MLP field width (with --field mlp)"
+    )
     parser.add_argument("--solver", choices=list(SOLVERS), help="default dopri5")
     parser.add_argument("--norm", help="normalisation (default tabn)")
-    parser.add_argument("--num-intervals", type=int, help="TA-BN grid (default 100)")
-    parser.add_argument("--train-limit", type=int, help="use only this many examples")
-    parser.add_argument("--test-limit", type=int)
+    parser.add_argument(
+        "--num-intervals", type=positive_int, help="TA-BN grid (default 100)"
+    )
+    parser.add_argument(
+        "--train-limit", type=positive_int, help="use only this many examples"
+    )
+    parser.add_argument("--test-limit", type=positive_int)
     parser.add_argument("--no-augment", action="store_true")
-    parser.add_argument("--eval-batch", type=int, default=256)
+    parser.add_argument("--eval-batch", type=positive_int, default=256)
     parser.add_argument("--data-dir", help="tfds data dir / tiny-imagenet-200 folder")
     parser.add_argument("--download", action="store_true",
                         help="let tfds download and prepare the dataset")  # fmt: skip

@@ -1,5 +1,6 @@
 """Fast smoke tests of every experiment script (the full runs are marked slow)."""
 
+import dataclasses
 import json
 import pathlib
 import sys
@@ -154,6 +155,28 @@ def test_regularization_mnist_smoke_and_exact_resume(tmp_path, capsys):
     _, h_full = td.Checkpointer(tmp_path / "full/checkpoint").latest()
     _, h_split = td.Checkpointer(tmp_path / "split/checkpoint").latest()
     assert h_full["history"]["ce"] == h_split["history"]["ce"]
+    with pytest.raises(ValueError, match="another configuration"):
+        rm.run(dataclasses.replace(cfg, steps=5), tmp_path / "split")
+    assert h_split["data"] == h_full["data"]  # the training data's fingerprint
+
+
+def test_restore_checked_refuses_other_config_or_data(tmp_path):
+    import jax.numpy as jnp
+    from common import restore_checked
+
+    ckpt = td.Checkpointer(tmp_path)
+    like = {"w": jnp.zeros(2)}
+    assert restore_checked(ckpt, like, {"a": 1}, "here", "f1") is None
+    ckpt.save(3, {"w": jnp.ones(2)}, {"config": {"a": 1}, "data": "f1"})
+    step, tree, _ = restore_checked(ckpt, like, {"a": 1}, "here", "f1")
+    assert step == 3 and float(tree["w"][0]) == 1.0
+    with pytest.raises(ValueError, match="here holds a checkpoint of another conf"):
+        restore_checked(ckpt, like, {"a": 2}, "here", "f1")
+    with pytest.raises(ValueError, match="here holds a checkpoint of a run on other"):
+        restore_checked(ckpt, like, {"a": 1}, "here", "f2")
+    # Checked before the arrays are read: a differently shaped tree gets the message.
+    with pytest.raises(ValueError, match="another configuration"):
+        restore_checked(ckpt, {"w": jnp.zeros(5), "v": 0.0}, {"a": 2}, "here")
 
 
 def _ablations(tmp_path, studies, norms):

@@ -1,6 +1,7 @@
 """The PhysioNet 2012 loader and generator, `tadiffeq.LatentODE`, and
 experiments/latent_ode.py (fast checks here; the training runs are marked slow)."""
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -268,7 +269,7 @@ def test_experiment_rejects_bad_arguments_by_name(tmp_path):
 
 
 @pytest.mark.slow
-def test_experiment_smoke_and_exact_resume(tmp_path, capsys):
+def test_experiment_smoke_and_exact_resume(tmp_path, capsys, monkeypatch):
     """All three regularizers train a few steps on a tiny generated set and write
     their table, JSON and figure; a run stopped and resumed from its checkpoint ends
     exactly where an uninterrupted run ends."""
@@ -299,3 +300,17 @@ def test_experiment_smoke_and_exact_resume(tmp_path, capsys):
     resumed = latent_ode.run(cfg, tmp_path / "split", **kw)
     assert resumed["test_mse"] == full["test_mse"]
     assert resumed["history"] == full["history"]
+    # A checkpoint is refused for another configuration (a shorter run) ...
+    with pytest.raises(ValueError, match="another configuration"):
+        latent_ode.run(dataclasses.replace(cfg, steps=3), tmp_path / "split", **kw)
+    # ... and for other training data under the same configuration.
+    real_load = latent_ode.load_data
+
+    def shifted(cfg, data_dir):
+        data, what = real_load(cfg, data_dir)
+        data["train"]["values"] = data["train"]["values"] + 1.0
+        return data, what
+
+    monkeypatch.setattr(latent_ode, "load_data", shifted)
+    with pytest.raises(ValueError, match="a run on other data"):
+        latent_ode.run(cfg, tmp_path / "split", **kw)

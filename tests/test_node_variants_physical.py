@@ -1,6 +1,7 @@
 """The pendulum-chain generator, the Neural ODE variants' classifiers, and smoke runs
 of `experiments/node_variants.py` and `experiments/physical_system.py`."""
 
+import dataclasses
 import json
 import pathlib
 import sys
@@ -222,3 +223,9 @@ def test_physical_system_smoke_and_exact_resume(tmp_path):
     leaves = lambda tree: jax.tree.leaves(eqx.filter(tree, eqx.is_array))
     for a, b in zip(leaves((model, state)), leaves((ref_model, ref_state))):
         np.testing.assert_array_equal(a, b)
+    # Another configuration gets a clear error before any array is read.
+    with pytest.raises(ValueError, match="another configuration"):
+        ps.train(
+            dataclasses.replace(cfg, hidden=(8, 8)), data,
+            checkpoint_dir=tmp_path / "b",
+        )  # fmt: skip
