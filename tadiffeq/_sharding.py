@@ -30,12 +30,13 @@ def data_parallel_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
 
 
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
-    """Every array leaf of `tree` (a model, optimiser state, `eqx.nn.State`)
-    replicated on all devices of `mesh`; other leaves untouched."""
+    """Every array leaf of `tree` (a model, optimiser state, `eqx.nn.State`; JAX
+    and NumPy arrays) replicated on all devices of `mesh`; other leaves untouched."""
     sharding = NamedSharding(mesh, PartitionSpec())
 
     def put(x):
-        return jax.device_put(x, sharding) if isinstance(x, jax.Array) else x
+        is_array = isinstance(x, (jax.Array, np.ndarray))
+        return jax.device_put(x, sharding) if is_array else x
 
     return jax.tree.map(put, tree)
 

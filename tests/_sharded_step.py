@@ -67,6 +67,11 @@ one = step(model, opt_state, state, x, y)
 mesh = td.data_parallel_mesh()
 xs, ys = td.shard_batch((x, y), mesh)
 four = step(*td.replicate((model, opt_state, state), mesh), xs, ys)
+try:  # 6 samples on 4 devices
+    td.shard_batch(np.zeros((6, 2)), mesh)
+    indivisible_error = ""
+except ValueError as e:
+    indivisible_error = str(e)
 result = dict(
     max_diff={
         k: max_diff(one[i], four[i]) for i, k in enumerate(["model", "state", "grads"])
@@ -74,6 +79,8 @@ result = dict(
     nfe=[int(one[4]), int(four[4])],
     loss=[float(one[3]), float(four[3])],
     x_devices=len(xs.sharding.device_set),
+    indivisible_error=indivisible_error,
+    numpy_replicated=len(td.replicate(np.ones(3), mesh).sharding.device_set),
     x_shard_shape=list(xs.addressable_shards[0].data.shape),
 )
 print(json.dumps(result))

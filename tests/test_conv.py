@@ -163,3 +163,15 @@ def test_time_conv_errors(getkey):
     conv = td.TimeConv2d(3, 4, key=getkey())
     with pytest.raises(ValueError, match=r"\(batch, height, width, 3\)"):
         conv(0.0, jnp.ones((2, 3, 8, 8)))
+    with pytest.raises(ValueError, match="TimeConv2d: `t` must be a scalar"):
+        conv(jnp.ones(4), jnp.ones((2, 8, 8, 3)))
+    x, w = jnp.ones((2, 1, 1, 3)), jnp.ones((5, 5, 3, 1))
+    for impl in ("im2col", "xla"):  # the same errors for both implementations
+        with pytest.raises(ValueError, match="padded input height 1 is smaller"):
+            td.conv2d(x, w, 1, (0, 0), 1, impl=impl)
+        with pytest.raises(ValueError, match="`stride` must be a positive int"):
+            td.conv2d(x, w, 0, (2, 2), 1, impl=impl)
+        with pytest.raises(ValueError, match="`padding` must be"):
+            td.conv2d(x, w, 1, (2, -1), 1, impl=impl)
+        with pytest.raises(TypeError, match="same dtype"):
+            td.conv2d(x, w.astype(jnp.bfloat16), 1, (2, 2), 1, impl=impl)

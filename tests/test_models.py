@@ -209,6 +209,8 @@ def test_classifier_errors(getkey):
         model(jnp.ones((2, 8, 8, 1), jnp.uint8), state)
     with pytest.raises(ValueError, match="num_classes"):
         td.UnmixedClassifier(model.ode, (8, 8, 1), 1, key=getkey())
+    with pytest.raises(ValueError, match="`dropout`"):
+        td.UnmixedClassifier(model.ode, (8, 8, 1), 10, dropout=1.5, key=getkey())
 
 
 def test_field_errors(getkey):
@@ -218,6 +220,20 @@ def test_field_errors(getkey):
         td.ConvField(3, 4, norm="bn", key=getkey())
     with pytest.raises(ValueError, match="`activation`"):
         td.MLPField(3, activation="swishy", key=getkey())
+    with pytest.raises(ValueError, match=r"`norm_layers` must be in \[0, 1\]"):
+        td.MLPField(3, (8,), norm_layers=2, key=getkey())
+    with pytest.raises(ValueError, match="TimeLinear: `t` must be a scalar"):
+        td.MLPField(3, (8,), norm="none", key=getkey())(
+            jnp.ones(2), jnp.ones((2, 3)), eqx.nn.State(td.NoNorm(3))
+        )
+    inner = td.MLPField(3, (4,), out_features=1, norm="none", key=getkey())
+    hb = td.HeavyBallField(inner, 3)
+    with pytest.raises(ValueError, match="HeavyBallField: the inner field must return"):
+        hb(0.1, jnp.ones((2, 6)), eqx.nn.State(hb))
+    with pytest.raises(ValueError, match="HeavyBallField: `channels`"):
+        td.HeavyBallField(inner, 0)
+    with pytest.raises(ValueError, match="SecondOrderField: `channels`"):
+        td.SecondOrderField(inner, -1)
     field, state = eqx.nn.make_with_state(td.ConvField)(3, 6, key=getkey())
     with pytest.raises(ValueError, match=r"channels-last \(batch, height, width, 3\)"):
         field(0.0, jnp.ones((2, 3, 16, 16)), state)

@@ -31,6 +31,8 @@ def test_one_step_on_four_devices_equals_one_device(norm):
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["x_devices"] == 4 and res["x_shard_shape"] == [4, 6, 6, 1]
+    assert "divisible by the 4 local devices" in res["indivisible_error"]
+    assert res["numpy_replicated"] == 4
     assert res["nfe"][0] == res["nfe"][1]
     np.testing.assert_allclose(*res["loss"], rtol=1e-6)
     assert max(res["max_diff"].values()) < 1e-7, res  # float64 rounding

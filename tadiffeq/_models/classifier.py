@@ -9,7 +9,6 @@ from jaxtyping import Array, Float, PRNGKeyArray, Shaped
 
 from .._neural_ode import NeuralODE, SolveStats
 from .._norm.popti import PopTIBatchNorm
-from .field import AbstractVectorField
 
 
 class UnmixedClassifier(eqx.Module):
@@ -66,7 +65,10 @@ class UnmixedClassifier(eqx.Module):
             or num_classes < 2
         ):
             raise ValueError(f"`num_classes` must be an int >= 2, got {num_classes!r}.")
-        lift = ode.field.lift if isinstance(ode.field, AbstractVectorField) else None
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1), got {dropout}.")
+        # The same `lift` and `readout` lookups as NeuralODE's.
+        lift = getattr(ode.field, "lift", None)
         x = jax.ShapeDtypeStruct((2, *image_shape), jnp.float32)
         y = jax.eval_shape(lambda x: x if lift is None else lift(x), x)
         readout = getattr(ode.field, "readout", lambda y: y)

@@ -221,6 +221,25 @@ def conv2d(
             f"shape (kh, kw, cin, cout), got {x.shape} and {w.shape}."
         )
     padding = tuple(padding)
+    for name, value in (("stride", stride), ("dilation", dilation)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"conv2d: `{name}` must be a positive int, got {value!r}.")
+    if len(padding) != 2 or any(not isinstance(p, int) or p < 0 for p in padding):
+        raise ValueError(
+            f"conv2d: `padding` must be (low, high) non-negative ints, got {padding}."
+        )
+    if x.dtype != w.dtype:
+        raise TypeError(
+            f"conv2d: `x` and `w` must have the same dtype, got {x.dtype} and "
+            f"{w.dtype}."
+        )
+    for axis, name in ((1, "height"), (2, "width")):
+        padded = (x.shape[axis] - 1) * dilation + 1 + sum(padding)
+        if padded < w.shape[axis - 1]:
+            raise ValueError(
+                f"conv2d: the padded input {name} {padded} is smaller than the "
+                f"kernel's {w.shape[axis - 1]} (x {x.shape}, w {w.shape})."
+            )
     if impl == "im2col":
         if dilation == 1:
             if _col2im_is_smaller(x.shape, w.shape, stride, padding):
@@ -345,5 +364,9 @@ class TimeConv2d(eqx.Module):
         rows = jnp.asarray(_border_mask(h, self.mode), x.dtype)
         cols = jnp.asarray(_border_mask(wd, self.mode), x.dtype)
         time_map = jnp.einsum("ia,jb,abo->ijo", rows, cols, w[:, :, -1, :])
+        if jnp.ndim(t) != 0:
+            raise ValueError(
+                f"TimeConv2d: `t` must be a scalar time, got shape {jnp.shape(t)}."
+            )
         t = jnp.asarray(t, x.dtype)
         return out + t * time_map + self.bias.astype(x.dtype)

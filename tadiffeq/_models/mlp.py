@@ -42,6 +42,10 @@ class TimeLinear(eqx.Module):
     def __call__(
         self, t: ArrayLike, x: Float[Array, "batch in"]
     ) -> Float[Array, "batch out"]:
+        if jnp.ndim(t) != 0:
+            raise ValueError(
+                f"TimeLinear: `t` must be a scalar time, got shape {jnp.shape(t)}."
+            )
         w = self.weight.astype(x.dtype)
         t = jnp.asarray(t, x.dtype)
         return x @ w[:-1] + t * w[-1] + self.bias.astype(x.dtype)
@@ -108,6 +112,13 @@ class MLPField(AbstractVectorField):
             for a, b, k in zip(widths[:-1], widths[1:], keys)
         ]
         n_norm = len(hidden) if norm_layers is None else norm_layers
+        if isinstance(n_norm, bool) or not isinstance(n_norm, int):
+            raise TypeError(f"`norm_layers` must be an int, got {norm_layers!r}.")
+        if not 0 <= n_norm <= len(hidden):
+            raise ValueError(
+                f"`norm_layers` must be in [0, {len(hidden)}] (the hidden layers), "
+                f"got {norm_layers}."
+            )
         self.norms = [
             resolve_norm(norm, width, norm_kwargs) if i < n_norm else None
             for i, width in enumerate(hidden)

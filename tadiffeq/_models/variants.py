@@ -79,6 +79,7 @@ class HeavyBallField(_PositionVelocityField):
     - `field`: the inner field f, on `channels` channels.
     - `channels`: the channels of h (the last axis of the lifted input).
     - `gamma`: initial value of the damping parameter (before the sigmoid; default 0).
+    - `dtype`: dtype of `gamma` (default float32).
     """
 
     field: AbstractVectorField
@@ -86,15 +87,26 @@ class HeavyBallField(_PositionVelocityField):
     channels: int = eqx.field(static=True)
 
     def __init__(
-        self, field: AbstractVectorField, channels: int, *, gamma: float = 0.0
+        self,
+        field: AbstractVectorField,
+        channels: int,
+        *,
+        gamma: float = 0.0,
+        dtype=None,
     ):
+        check_positive_int("channels", channels, owner="HeavyBallField")
         self.field = field
-        self.gamma = jnp.asarray(gamma, jnp.float32)
+        self.gamma = jnp.asarray(gamma, jnp.float32 if dtype is None else dtype)
         self.channels = channels
 
     def __call__(self, t: ArrayLike, y: Array, state: eqx.nn.State):
         h, m = _split(y, self.channels)
         f, state = self.field(t, h, state)
+        if f.shape != m.shape:
+            raise ValueError(
+                f"HeavyBallField: the inner field must return {self.channels} "
+                f"channels (shape {m.shape}), got shape {f.shape}."
+            )
         damping = jax.nn.sigmoid(self.gamma).astype(m.dtype)
         return jnp.concatenate([m, f - damping * m], axis=-1), state
 
@@ -116,6 +128,9 @@ class SecondOrderField(_PositionVelocityField):
 
     field: AbstractVectorField
     channels: int = eqx.field(static=True)
+
+    def __check_init__(self):
+        check_positive_int("channels", self.channels, owner="SecondOrderField")
 
     def __call__(self, t: ArrayLike, y: Array, state: eqx.nn.State):
         pos, vel = _split(y, self.channels)
