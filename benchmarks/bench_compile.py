@@ -117,6 +117,8 @@ def run(args, model_name: str) -> dict:
         print(f"[{model_name}] {info}", flush=True)
         assert traces["train"] == expect_train, (name, dict(traces))
         assert traces["eval"] == expect_eval, (name, dict(traces))
+        if "repeat" in name or "after eval" in name:  # no XLA compilation either
+            assert info["xla_compiles"] == 0, (name, info)
         return out
 
     for i, batch in enumerate(args.batch):
@@ -134,8 +136,14 @@ def run(args, model_name: str) -> dict:
             phase(label, eval_step, (inf_model, carry[2], x), n, n)
         phase(f"train b{batch} after eval", train_step, (*carry, x, y), n, n)
     firsts = [p for p in phases if p["phase"].endswith("first")]
-    steady = [p["wall_s"] for p in phases if "repeat" in p["phase"]]
-    return dict(model=model_name, phases=phases, first_calls=firsts, steady=steady)
+    steady = [
+        p["wall_s"]
+        for p in phases
+        if p["phase"].startswith("train") and "repeat" in p["phase"]
+    ]
+    return dict(
+        model=model_name, phases=phases, first_calls=firsts, train_repeat_s=steady
+    )
 
 
 def main():

@@ -47,8 +47,9 @@ def _reset_hwm() -> None:
         f.write("5")
 
 
-def child(side: str, mode: str, model: str, batch: int, seed: int) -> dict:
-    """One configuration, run in this (fresh) process."""
+def child(side: str, mode: str, model: str, batch: int, seed: int, solve: dict) -> dict:
+    """One configuration, run in this (fresh) process. `solve`: rtol, atol,
+    max_steps and hidden, as the command line gave them."""
     import time
 
     import _common as C
@@ -57,7 +58,7 @@ def child(side: str, mode: str, model: str, batch: int, seed: int) -> dict:
     if side == "jax":
         import equinox as eqx
 
-        m, s = C.build_jax(model, seed=seed, adjoint=mode)
+        m, s = C.build_jax(model, seed=seed, adjoint=mode, **solve)
         opt = C.optimizer()
         o = opt.init(eqx.filter(m, eqx.is_inexact_array))
         xj, yj = C.to_jnp(x, y)
@@ -87,8 +88,14 @@ def child(side: str, mode: str, model: str, batch: int, seed: int) -> dict:
         import torch_reference as R
 
         torch.set_num_threads(os.cpu_count())
-        jm, js = C.build_jax(model, seed=seed)
-        tm = R.build(model, adjoint=mode == "adjoint")
+        jm, js = C.build_jax(model, seed=seed, **solve)
+        tm = R.build(
+            model,
+            adjoint=mode == "adjoint",
+            hidden=solve["hidden"],
+            rtol=solve["rtol"],
+            atol=solve["atol"],
+        )
         R.copy_from_jax(jm, js, tm)
         del jm, js
         xt = R.to_torch_images(x, model)
@@ -127,11 +134,12 @@ def main():
     p.set_defaults(batch=[256], model=["conv6", "mlp"])
     p.add_argument("--jax-adjoints", nargs="+", default=["checkpoint", "backsolve"])
     p.add_argument("--torch-modes", nargs="+", default=["adjoint", "direct"])
-    p.add_argument("--child", nargs=5, help=argparse_hidden())
+    p.add_argument("--child", nargs=6, help=argparse_hidden())
     args = p.parse_args()
     if args.child:
-        side, mode, model, batch, seed = args.child
-        print("RESULT " + json.dumps(child(side, mode, model, int(batch), int(seed))))
+        side, mode, model, batch, seed, solve = args.child
+        result = child(side, mode, model, int(batch), int(seed), json.loads(solve))
+        print("RESULT " + json.dumps(result))
         return
     try:
         import torch  # noqa: F401
@@ -142,13 +150,16 @@ def main():
         print(f"torch side skipped: {e}", file=sys.stderr)
         torch_modes = []
     results = dict(environment=C.environment(), args=vars(args), rows=[])
+    solve = dict(
+        rtol=args.rtol, atol=args.atol, max_steps=args.max_steps, hidden=args.hidden
+    )
     for model in args.model:
         for batch in args.batch:
             configs = [("jax", a) for a in args.jax_adjoints]
             configs += [("torch", m) for m in torch_modes]
             for side, mode in configs:
                 cmd = [sys.executable, __file__, "--child", side, mode, model]
-                cmd += [str(batch), str(args.seed)]
+                cmd += [str(batch), str(args.seed), json.dumps(solve)]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 lines = [
                     ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")

@@ -79,7 +79,7 @@ def layers(args, model: str, batch: int) -> list[dict]:
         dict(model=model, batch=batch, norm=n, loop=args.loop, **C.summary(times[n]))
         for n in fns
     ]
-    ref = next((r for r in rows if r["norm"] == "minibatch"), rows[0])
+    ref = next(r for r in rows if r["norm"] == "minibatch")
     for r in rows:
         r["ms_per_eval"] = 1e3 * r["median_s"] / args.loop
         r["ratio_vs_minibatch"] = r["median_s"] / ref["median_s"]
@@ -126,7 +126,7 @@ def run(args, model: str, batch: int, control: str) -> list[dict]:
                 **C.summary(times[norm]),
             )
         )
-    ref = next((r for r in rows if r["norm"] == "minibatch"), rows[0])
+    ref = next(r for r in rows if r["norm"] == "minibatch")
     for r in rows:
         r["ratio_vs_minibatch"] = r["median_s"] / ref["median_s"]
         r["ms_per_nfe"] = 1e3 * r["median_s"] / r["nfe"]
@@ -147,6 +147,8 @@ def main():
     p.add_argument("--loop", type=int, default=8, help="evaluations per layer loop")
     p.add_argument("--layer-repeats", type=int, default=20)
     args = p.parse_args()
+    if "minibatch" not in args.norms:
+        p.error("--norms must include minibatch, the reference of the ratio column")
     results = dict(environment=C.environment(), args=vars(args), rows=[])
     name = "norm_overhead_" + "_".join(args.model) + "_b"
     name += "_".join(map(str, args.batch))

@@ -2,13 +2,13 @@
 
 Times (median of `--repeats`, after compilation, with `jax.block_until_ready`):
 
-- the whole training step, the training-mode forward solve alone, and the
-  inference forward;
+- the whole training step and the training-mode forward solve alone;
 - one evaluation of the vector field and its VJP, at top level and `--loop` times
   inside a `lax.fori_loop` (every diffrax solve is a loop; XLA:CPU compiles loop
   bodies differently);
 - each conv layer of the field on its own (forward, VJP w.r.t. the input, VJP
-  w.r.t. the kernel), inside the loop.
+  w.r.t. the kernel), inside the loop; for the 6-conv field only (for the U-Net
+  see `profile_conv.py`, `profile_ops.py`).
 
     python benchmarks/profile_step.py --model conv6 --batch 32
 """
@@ -164,8 +164,10 @@ def main():
     results = dict(environment=C.environment(), args=vars(args), runs=[])
     for model_name, batch, norm in itertools.product(args.model, args.batch, args.norm):
         model, state = C.build_jax(
-            model_name, seed=args.seed, adjoint=args.adjoint, norm=norm
-        )
+            model_name, seed=args.seed, adjoint=args.adjoint, norm=norm,
+            rtol=args.rtol, atol=args.atol, max_steps=args.max_steps,
+            hidden=args.hidden,
+        )  # fmt: skip
         x, y = C.to_jnp(*C.make_data(model_name, batch, args.seed))
         rec = dict(model=model_name, batch=batch, norm=norm, conv_impl=args.conv_impl)
         if not args.skip_step:

@@ -66,7 +66,7 @@ REPORTS = {
     "norm_overhead": norm,
     "compile": compile_,
     "memory": memory,
-    "profile_conv": profile_conv,
+    "profile_conv_b": profile_conv,  # not profile_step's profile_conv6_...
 }
 
 
