@@ -185,6 +185,12 @@ class NeuralODE(eqx.Module):
                 "cannot be used with an adaptive `stepsize_controller`; use "
                 "`diffrax.ConstantStepSize()` with a `dt0`."
             )
+        if isinstance(stepsize_controller, dfx.StepTo):
+            raise ValueError(
+                "`stepsize_controller=diffrax.StepTo(...)` is not supported (its "
+                "steps are fixed in advance, with no `dt0`); use "
+                "`diffrax.ConstantStepSize()` with a `dt0`, or an adaptive controller."
+            )
         if not adaptive and dt0 is None:
             raise ValueError(
                 f"`stepsize_controller={type(stepsize_controller).__name__}()` needs "

@@ -225,6 +225,8 @@ def test_neural_ode_errors(getkey):
         td.NeuralODE(field, solver=dfx.Euler())
     with pytest.raises(ValueError, match="needs an explicit `dt0`"):
         td.NeuralODE(field, stepsize_controller=dfx.ConstantStepSize())
+    with pytest.raises(ValueError, match=r"StepTo\(...\)` is not supported"):
+        td.NeuralODE(field, stepsize_controller=dfx.StepTo(jnp.linspace(0, 1, 5)))
     with pytest.raises(ValueError, match="max_steps"):
         td.NeuralODE(field, max_steps=0)
     node, state = eqx.nn.make_with_state(td.NeuralODE)(field)
