@@ -13,7 +13,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree, Shaped
 from ._norm.base import AbstractNorm
 from ._norm.tabn import TABatchNorm
 from ._regularizers.base import AbstractRegularizer, Plan, SolveResult
-from ._solver.stateful import clone_state, StatefulField, StatefulSolver
+from ._solver.stateful import clone_state, StatefulField, StatefulSolver, time_dtype
 
 
 class SolveStats(eqx.Module):
@@ -335,14 +335,19 @@ class NeuralODE(eqx.Module):
         if plan.augment is not None:
             field, y_init, restrict = plan.augment(self.field, y0)
             controller = _with_norm(controller, restrict)
-        t0 = self.t0
-        t1 = self.t1 if plan.t1 is None else plan.t1
+        # Times in the state's float dtype (at least float32), so that with x64 on
+        # a float32 state stays float32 (diffrax would promote it to the times').
+        tdt = time_dtype(y_init)
+        t0 = jnp.asarray(self.t0, tdt)
+        t1 = jnp.asarray(self.t1 if plan.t1 is None else plan.t1, tdt)
         if plan.t1 is not None and ts is not None:
             raise ValueError("`ts` cannot be combined with a random end time (STEER).")
+        if ts is not None:
+            ts = ts.astype(tdt)
         solver = StatefulSolver(self.solver, plan.observers)
         term = dfx.ODETerm(StatefulField(field, state))
         num_heuristic = 0
-        dt0 = self.dt0
+        dt0 = None if self.dt0 is None else jnp.asarray(self.dt0, tdt)
         if dt0 is None:
             # diffrax 0.7 wraps terms before its PID controller checks for an ODETerm,
             # which silently replaces the initial-step heuristic by dt0 = 0.01. Run the

@@ -17,7 +17,7 @@ from ._regularizers.base import AbstractRegularizer, Plan, SolveResult
 from ._regularizers.global_ import GlobalRegularizer
 from ._regularizers.local import controller_tolerances, LocalRegularizer
 from ._solver.estimates import scaled_error
-from ._solver.stateful import clone_state, run_stages, StatefulSolver
+from ._solver.stateful import clone_state, run_stages, StatefulSolver, time_dtype
 
 
 class _StratonovichSolver(StatefulSolver, dfx.AbstractStratonovichSolver):
@@ -150,9 +150,10 @@ class NeuralSDE(eqx.Module):
         self.max_steps = max_steps
 
     def _terms(self, state, y0, key):
+        tdt = time_dtype(y0)
         bm = dfx.VirtualBrownianTree(
-            self.t0,
-            2 * self.t1 - self.t0,
+            jnp.asarray(self.t0, tdt),
+            jnp.asarray(2 * self.t1 - self.t0, tdt),
             tol=self.brownian_tol,
             shape=jax.ShapeDtypeStruct(y0.shape, y0.dtype),
             key=key,
@@ -171,8 +172,10 @@ class NeuralSDE(eqx.Module):
             return jnp.asarray(self.dt0, jnp.result_type(t))
         drift = dfx.ODETerm(_Drift(self.drift, state))
         ode_solver = StatefulSolver(self.solver)
+        tdt = time_dtype(y)
+        t = jnp.asarray(t, tdt)
         tnext, _ = self.stepsize_controller.init(
-            drift, t, self.t1, y, None, None, ode_solver.func,
+            drift, t, jnp.asarray(self.t1, tdt), y, None, None, ode_solver.func,
             ode_solver.order(drift),
         )  # fmt: skip
         return jax.lax.stop_gradient(tnext - t)
@@ -207,15 +210,18 @@ class NeuralSDE(eqx.Module):
         terms = self._terms(state, y0, bm_key)
         solver = _StratonovichSolver(self.solver, plan.observers)
         num_heuristic = 0
-        dt0 = self.dt0
+        # Times in the state's float dtype (a float32 state stays float32 with x64).
+        tdt = time_dtype(y0)
+        t0, t1 = jnp.asarray(self.t0, tdt), jnp.asarray(self.t1, tdt)
+        dt0 = None if self.dt0 is None else jnp.asarray(self.dt0, tdt)
         if dt0 is None:
-            dt0 = self._initial_step(state, self.t0, y0)
+            dt0 = self._initial_step(state, t0, y0)
             num_heuristic = 2
         sol = dfx.diffeqsolve(
             terms,
             solver,
-            self.t0,
-            self.t1,
+            t0,
+            t1,
             dt0,
             y0,
             saveat=dfx.SaveAt(t1=True, solver_state=True),
@@ -255,7 +261,7 @@ class NeuralSDE(eqx.Module):
             raise ValueError("NeuralSDE's local step needs kind='error' and its terms.")
         tab = StatefulSolver(self.solver).tableau
         rtol_, atol_, norm = controller_tolerances(self, rtol, atol)
-        t = jax.lax.stop_gradient(jnp.asarray(t))
+        t = jax.lax.stop_gradient(jnp.asarray(t, time_dtype(y)))
         y = jax.lax.stop_gradient(y)
         dt = self._initial_step(state, t, y)
         # The heuristic may propose more than the Brownian tree covers (a slow drift).

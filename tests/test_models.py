@@ -242,3 +242,17 @@ def test_field_errors(getkey):
     unet, ustate = eqx.nn.make_with_state(td.UNetField)(1, key=getkey())
     with pytest.raises(ValueError, match="divisible by 8"):
         unet(0.0, jnp.ones((2, 12, 12, 1)), ustate)
+
+
+def test_classifier_head_dtype(getkey):
+    with jax.enable_x64(True):
+        field = td.MLPField(16, (8,), norm="tabn", dtype=jnp.float64, key=getkey())
+        node = td.NeuralODE(field)
+        model, state = eqx.nn.make_with_state(td.UnmixedClassifier)(
+            node, (4, 4, 1), 3, dtype=jnp.float64, key=getkey()
+        )
+        x = jax.random.normal(getkey(), (5, 4, 4, 1), jnp.float64)
+        logits, state, _ = model(x, state, key=getkey())
+        assert logits.dtype == model.linear.weight.dtype == jnp.float64
+        stats = state.get(model.head_norm.state_index)
+        assert {s.dtype for s in stats} == {jnp.dtype("float64")}

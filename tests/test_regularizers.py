@@ -375,6 +375,29 @@ def test_rnode_integrals_on_a_linear_field(getkey):
     )
 
 
+def test_total_derivatives_of_nonlinear_fields(getkey):
+    """Against Taylor-mode (jet) on a tanh field, order 3; and on the default ReLU
+    MLP (a custom derivative rule, where jet fails), y'' = df/dt + df/dy f."""
+    from jax.experimental.jet import jet
+
+    field = td.MLPField(3, (8,), norm="none", activation="tanh", key=getkey())
+    state = eqx.nn.State(field)
+    fn = lambda t, y: field(t, y, state)[0]
+    y, t = jax.random.normal(getkey(), (4, 3)), jnp.asarray(0.3)
+    d1, d2, d3 = td.total_derivatives(fn, t, y, 3)
+    _, (j2,) = jet(fn, (t, y), ((jnp.ones_like(t),), (d1,)))
+    _, (_, j3) = jet(fn, (t, y), ((jnp.ones_like(t), jnp.zeros_like(t)), (d1, d2)))
+    np.testing.assert_allclose(d2, j2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(d3, j3, rtol=1e-4, atol=1e-5)
+    relu = td.MLPField(3, (8,), norm="none", key=getkey())
+    fr = lambda t, y: relu(t, y, state)[0]
+    r1, r2 = td.total_derivatives(fr, t, y, 2)
+    np.testing.assert_allclose(r2, jax.jvp(fr, (t, y), (1.0, r1))[1], rtol=1e-6)
+    node, nstate = eqx.nn.make_with_state(td.NeuralODE)(relu)
+    _, _, stats = node(y, nstate, regularizer=td.TayNODE(order=3))
+    assert np.isfinite(float(stats.regularization)) and stats.regularization > 0
+
+
 def test_taynode_total_derivatives_and_integral(getkey):
     a = jnp.array([[-0.5, 1.0], [-1.0, -0.2]])
     y = jax.random.normal(getkey(), (3, 2))

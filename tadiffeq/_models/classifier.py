@@ -30,6 +30,7 @@ class UnmixedClassifier(eqx.Module):
       (PyTorch layout) instead of the default `(batch, height, width, channels)`;
       they are transposed internally.
     - `key`: a `jax.random` key.
+    - `dtype`: dtype of the head's parameters and statistics (default float32).
 
     Called as `logits, state, stats = model(images, state, key=key)` (the key drives
     dropout and is unused in inference mode).
@@ -51,6 +52,7 @@ class UnmixedClassifier(eqx.Module):
         dropout: float = 0.5,
         channels_first: bool = False,
         key: PRNGKeyArray,
+        dtype=None,
     ):
         if not isinstance(ode, NeuralODE):
             raise TypeError(f"`ode` must be a NeuralODE, got {type(ode).__name__}.")
@@ -74,9 +76,9 @@ class UnmixedClassifier(eqx.Module):
         readout = getattr(ode.field, "readout", lambda y: y)
         features = math.prod(jax.eval_shape(readout, y).shape[1:])
         self.ode = ode
-        self.head_norm = PopTIBatchNorm(features)
+        self.head_norm = PopTIBatchNorm(features, dtype=dtype)
         self.dropout = eqx.nn.Dropout(dropout)
-        self.linear = eqx.nn.Linear(features, num_classes, key=key)
+        self.linear = eqx.nn.Linear(features, num_classes, key=key, dtype=dtype)
         self.image_shape = image_shape
         self.channels_first = channels_first
 

@@ -73,7 +73,9 @@ class AbstractTimeGrid(eqx.Module):
                 f"{type(self).__name__}: `t` must be a scalar time, got shape "
                 f"{jnp.shape(t)}."
             )
-        t = jnp.asarray(t, dtype=jnp.result_type(float))
+        t = jnp.asarray(t)  # a float t keeps its dtype (no float64 in a float32 solve)
+        if not jnp.issubdtype(t.dtype, jnp.floating):
+            t = t.astype(jnp.result_type(float))
         s = (t - self.t0) / self.spacing
         return jnp.clip(s, 0.0, float(self.num_intervals))
 

@@ -16,7 +16,13 @@ from .._solver.estimates import (
     stiffness_estimate,
 )
 from .._solver.observers import StepReservoir, TimeProbe
-from .._solver.stateful import clone_state, run_stages, StatefulField, StatefulSolver
+from .._solver.stateful import (
+    clone_state,
+    run_stages,
+    StatefulField,
+    StatefulSolver,
+    time_dtype,
+)
 from .base import AbstractRegularizer, Plan, SolveResult
 
 
@@ -79,15 +85,17 @@ def local_step_estimate(
     if kind == "stiffness":
         check_stiffness_tableau(tab)
     rtol_, atol_, norm = controller_tolerances(node, rtol, atol)
-    t = jax.lax.stop_gradient(jnp.asarray(t))
+    tdt = time_dtype(y)
+    t = jax.lax.stop_gradient(jnp.asarray(t, tdt))
     y = jax.lax.stop_gradient(y)
     field = node.field
     term = dfx.ODETerm(StatefulField(field, state))
     evaluations = 0
     controller = node.stepsize_controller
     if isinstance(controller, dfx.AbstractAdaptiveStepSizeController):
+        t1 = jnp.asarray(node.t1, tdt)
         tnext, _ = controller.init(
-            term, t, node.t1, y, None, None, solver.func, solver.error_order(term)
+            term, t, t1, y, None, None, solver.func, solver.error_order(term)
         )
         dt = jax.lax.stop_gradient(tnext - t)
         evaluations += 2
@@ -170,7 +178,9 @@ class LocalRegularizer(AbstractRegularizer):
     def plan(self, node, y0, key: PRNGKeyArray | None) -> Plan:
         if self.sampling == "biased":
             return Plan(observers=(StepReservoir(key),))
-        t_s = jax.random.uniform(key, (), minval=node.t0, maxval=node.t1)
+        t_s = jax.random.uniform(
+            key, (), time_dtype(y0), minval=node.t0, maxval=node.t1
+        )
         return Plan(observers=(TimeProbe(t_s),))
 
     def sample(self, result: SolveResult) -> tuple[Float[Array, ""], PyTree[Array]]:

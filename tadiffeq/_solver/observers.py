@@ -66,7 +66,9 @@ class TimeProbe(AbstractStepObserver):
         t = self.t.astype(jnp.result_type(info.t0))
         hit = (info.t0 <= t) & (t <= info.t1)
         value = jax.lax.stop_gradient(info.interpolation.evaluate(t))
-        y_t = jtu.tree_map(lambda new, old: jnp.where(hit, new, old), value, y_t)
+        y_t = jtu.tree_map(
+            lambda new, old: jnp.where(hit, new.astype(old.dtype), old), value, y_t
+        )
         return y_t, found | hit
 
 
@@ -83,7 +85,8 @@ class StepReservoir(AbstractStepObserver):
 
     def init(self, t0, y0):
         zeros = jtu.tree_map(jnp.zeros_like, y0)
-        return jnp.array(0), jnp.asarray(t0, dtype=jnp.result_type(t0, float)), zeros
+        t_dtype = jnp.promote_types(jnp.result_type(t0), jnp.float32)
+        return jnp.array(0), jnp.asarray(t0, dtype=t_dtype), zeros
 
     def update(self, state, info: StepInfo):
         count, t_sample, y_sample = state

@@ -379,3 +379,10 @@ class StatefulSolver(dfx.AbstractAdaptiveSolver):
             new_solver_state,
             dfx.RESULTS.successful,
         )
+
+
+def time_dtype(y) -> jnp.dtype:
+    """The dtype for the times of a solve of state `y` (a pytree): its float dtype,
+    at least float32."""
+    dtype = jnp.result_type(*jtu.tree_leaves(y))
+    return jnp.promote_types(dtype, jnp.float32)
