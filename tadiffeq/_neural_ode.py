@@ -389,7 +389,7 @@ class NeuralODE(eqx.Module):
             ys = jtu.tree_map(lambda a: a[:-1], ys)
         _, new_state, observed = sol.solver_state
         new_state = jax.lax.stop_gradient(clone_state(new_state))
-        value, extra = jnp.zeros((), jnp.result_type(float)), 0
+        value, extra = jnp.zeros((), tdt), 0
         if regularizer is not None:
             result = SolveResult(plan=plan, y1=y_end, observed=observed, state=state)
             value, extra = regularizer.finish(self, result)

@@ -230,7 +230,7 @@ class NeuralSDE(eqx.Module):
         )
         y1 = jtu.tree_map(lambda a: a[0], sol.ys)
         _, _, observed = sol.solver_state
-        value, extra = jnp.zeros((), jnp.result_type(float)), 0
+        value, extra = jnp.zeros((), tdt), 0
         if regularizer is not None:
             result = SolveResult(
                 plan=plan, y1=y1, observed=observed, state=state, context=terms

@@ -277,17 +277,18 @@ def test_float32_state_stays_float32_with_x64_on(getkey):
         build = lambda k: td.NeuralODE(td.MLPField(4, (8,), norm="tabn", key=k))
         node, state = eqx.nn.make_with_state(build)(getkey())
         x = jax.random.normal(getkey(), (6, 4), jnp.float32)
-        y, new_state, _ = node(x, state)
-        assert y.dtype == jnp.float32
+        y, new_state, stats = node(x, state)
+        assert y.dtype == stats.regularization.dtype == jnp.float32
         assert {a.dtype for a in jax.tree.leaves(new_state)} == {jnp.dtype("float32")}
         ts = jnp.linspace(0.0, 1.0, 3)  # float64 times: the state decides
         assert node(x, state, ts=ts)[0].dtype == jnp.float32
-        for reg in (td.LocalRegularizer(), td.LocalRegularizer(sampling="biased")):
+        regs = (td.LocalRegularizer(), td.LocalRegularizer(sampling="biased"))
+        for reg in (*regs, td.STEER(0.5), td.RNODE()):
             y, _, stats = node(x, state, regularizer=reg, key=getkey())
             assert y.dtype == stats.regularization.dtype == jnp.float32
         drift = td.MLPField(4, (8,), norm="none", activation="tanh", key=getkey())
         sde = td.NeuralSDE(drift, drift)
-        y, _, stats = sde(x, eqx.nn.State(sde), key=getkey(), regularizer=reg)
+        y, _, stats = sde(x, eqx.nn.State(sde), key=getkey(), regularizer=regs[0])
         assert y.dtype == stats.regularization.dtype == jnp.float32
         # A float64 state is solved in float64.
         y64, _, _ = node(x.astype(jnp.float64), state)

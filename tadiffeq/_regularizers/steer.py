@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from .._solver.stateful import time_dtype
 from .base import AbstractRegularizer, Plan, SolveResult
 
 
@@ -48,4 +49,4 @@ class STEER(AbstractRegularizer):
         return Plan(t1=t1)
 
     def finish(self, node, result: SolveResult) -> tuple[Float[Array, ""], int]:
-        return jnp.zeros(()), 0
+        return jnp.zeros((), time_dtype(result.y1)), 0
