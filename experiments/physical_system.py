@@ -52,7 +52,12 @@ import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from common import positive_int, print_table, write_json  # noqa: E402
+from common import (  # noqa: E402
+    positive_int,
+    print_table,
+    restore_checked,
+    write_json,
+)
 
 import tadiffeq as td  # noqa: E402
 from tadiffeq.data import generate_pendulum_chain  # noqa: E402
@@ -186,15 +191,13 @@ def train(cfg: PhysicalConfig, data, *, checkpoint_dir=None, stop_after_chunks=N
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
     history = []
     ckpt = None if checkpoint_dir is None else td.Checkpointer(checkpoint_dir)
-    if ckpt is not None and (latest := ckpt.latest()) is not None:
-        # The configuration (which also fixes the generated data) is checked before
-        # the arrays are read.
-        if latest[1]["config"] != _jsonable_config(cfg):
-            raise ValueError(
-                f"{checkpoint_dir} holds a run of another configuration; delete it "
-                "or choose another output directory."
-            )
-        _, (model, opt_state, state), meta = ckpt.restore((model, opt_state, state))
+    # The configuration also fixes the generated data.
+    if ckpt is not None and (
+        restored := restore_checked(
+            ckpt, (model, opt_state, state), _jsonable_config(cfg), checkpoint_dir
+        )
+    ):
+        _, (model, opt_state, state), meta = restored
         history = meta["history"]
     step_fn = make_train_step(cfg)
     step = history[-1]["step"] if history else 0

@@ -110,14 +110,6 @@ class NeuralSDE(eqx.Module):
         check_positive_int("max_steps", max_steps)
         if dt0 is not None and not (math.isfinite(dt0) and dt0 > 0):
             raise ValueError(f"`dt0` must be positive and finite, got {dt0}.")
-        adaptive = stepsize_controller is None or isinstance(
-            stepsize_controller, dfx.AbstractAdaptiveStepSizeController
-        )
-        if dt0 is None and not adaptive:
-            raise ValueError(
-                f"`stepsize_controller={type(stepsize_controller).__name__}()` does "
-                "not choose step sizes; pass `dt0`."
-            )
         solver = dfx.Heun() if solver is None else solver
         if not StatefulSolver(solver).has_error_estimate:
             raise ValueError(
@@ -141,6 +133,11 @@ class NeuralSDE(eqx.Module):
             if stepsize_controller is None
             else stepsize_controller
         )
+        if dt0 is None and not self._adaptive:
+            raise ValueError(
+                f"`stepsize_controller={type(stepsize_controller).__name__}()` does "
+                "not choose step sizes; pass `dt0`."
+            )
         self.t0 = t0
         self.t1 = t1
         self.dt0 = None if dt0 is None else float(dt0)
@@ -148,6 +145,13 @@ class NeuralSDE(eqx.Module):
             (t1 - t0) / 2**12 if brownian_tol is None else float(brownian_tol)
         )
         self.max_steps = max_steps
+
+    @property
+    def _adaptive(self) -> bool:
+        """Whether the step-size controller chooses the steps (else `dt0` does)."""
+        return isinstance(
+            self.stepsize_controller, dfx.AbstractAdaptiveStepSizeController
+        )
 
     def _terms(self, state, y0, key):
         tdt = time_dtype(y0)
@@ -165,17 +169,14 @@ class NeuralSDE(eqx.Module):
 
     def _initial_step(self, state, t, y):
         """The PID heuristic on the drift alone (gradient stopped); `dt0` for a
-        non-adaptive controller."""
-        if not isinstance(
-            self.stepsize_controller, dfx.AbstractAdaptiveStepSizeController
-        ):
+        non-adaptive controller. `t` in the state's time dtype (`time_dtype`)."""
+        if not self._adaptive:
             return jnp.asarray(self.dt0, jnp.result_type(t))
         drift = dfx.ODETerm(_Drift(self.drift, state))
         ode_solver = StatefulSolver(self.solver)
-        tdt = time_dtype(y)
-        t = jnp.asarray(t, tdt)
+        t1 = jnp.asarray(self.t1, jnp.result_type(t))
         tnext, _ = self.stepsize_controller.init(
-            drift, t, jnp.asarray(self.t1, tdt), y, None, None, ode_solver.func,
+            drift, t, t1, y, None, None, ode_solver.func,
             ode_solver.order(drift),
         )  # fmt: skip
         return jax.lax.stop_gradient(tnext - t)
@@ -276,7 +277,4 @@ class NeuralSDE(eqx.Module):
             k0 = jax.lax.stop_gradient(k0)
         stages = run_stages(tab, evaluate, t, dt, y, k0, None, None, keep_last_f=False)
         e = scaled_error(y, stages.y1, stages.y_error, rtol_, atol_, norm)
-        adaptive = isinstance(
-            self.stepsize_controller, dfx.AbstractAdaptiveStepSizeController
-        )
-        return e * dt, (2 if adaptive else 0) + tab.num_stages
+        return e * dt, (2 if self._adaptive else 0) + tab.num_stages

@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from .._misc import check_scalar_time
+
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -355,6 +357,7 @@ class TimeConv2d(eqx.Module):
                 f"TimeConv2d: `x` must have shape (batch, height, width, "
                 f"{self.in_channels}), got {x.shape}."
             )
+        check_scalar_time("TimeConv2d", t)
         stride, padding, dilation = _GEOMETRY[self.mode]
         w = self.weight.astype(x.dtype)
         out = conv2d(x, w[:, :, :-1, :], stride, padding, dilation)
@@ -364,9 +367,5 @@ class TimeConv2d(eqx.Module):
         rows = jnp.asarray(_border_mask(h, self.mode), x.dtype)
         cols = jnp.asarray(_border_mask(wd, self.mode), x.dtype)
         time_map = jnp.einsum("ia,jb,abo->ijo", rows, cols, w[:, :, -1, :])
-        if jnp.ndim(t) != 0:
-            raise ValueError(
-                f"TimeConv2d: `t` must be a scalar time, got shape {jnp.shape(t)}."
-            )
         t = jnp.asarray(t, x.dtype)
         return out + t * time_map + self.bias.astype(x.dtype)

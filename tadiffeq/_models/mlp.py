@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from .._misc import check_scalar_time
 from .._norm.base import AbstractNorm
 from .._norm.factory import NormSpec, resolve_norm
 from .field import AbstractVectorField
@@ -42,10 +43,7 @@ class TimeLinear(eqx.Module):
     def __call__(
         self, t: ArrayLike, x: Float[Array, "batch in"]
     ) -> Float[Array, "batch out"]:
-        if jnp.ndim(t) != 0:
-            raise ValueError(
-                f"TimeLinear: `t` must be a scalar time, got shape {jnp.shape(t)}."
-            )
+        check_scalar_time("TimeLinear", t)
         w = self.weight.astype(x.dtype)
         t = jnp.asarray(t, x.dtype)
         return x @ w[:-1] + t * w[-1] + self.bias.astype(x.dtype)

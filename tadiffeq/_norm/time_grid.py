@@ -16,6 +16,8 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from .._misc import check_scalar_time
+
 
 def _check_interval(t0: float, t1: float, num_intervals: int) -> None:
     if isinstance(num_intervals, bool) or not isinstance(num_intervals, int):
@@ -68,11 +70,7 @@ class AbstractTimeGrid(eqx.Module):
 
     def _position(self, t: ArrayLike) -> Float[Array, ""]:
         """s = (clamp(t) - t0) / h, the time in units of grid spacing, in [0, M]."""
-        if jnp.ndim(t) != 0:
-            raise ValueError(
-                f"{type(self).__name__}: `t` must be a scalar time, got shape "
-                f"{jnp.shape(t)}."
-            )
+        check_scalar_time(type(self).__name__, t)
         t = jnp.asarray(t)  # a float t keeps its dtype (no float64 in a float32 solve)
         if not jnp.issubdtype(t.dtype, jnp.floating):
             t = t.astype(jnp.result_type(float))
@@ -125,10 +123,7 @@ class GaussianTimeGrid(AbstractTimeGrid):
     name: ClassVar[str] = "gaussian"
 
     def __check_init__(self):
-        if self.width is not None and not (
-            self.width > 0 and math.isfinite(self.width)
-        ):
-            raise ValueError(f"`width` must be a positive float, got {self.width}.")
+        _check_width(self.width, "width")
 
     def weights(self, t: ArrayLike) -> Float[Array, " points"]:
         s = self._position(t)
@@ -138,6 +133,11 @@ class GaussianTimeGrid(AbstractTimeGrid):
         logits = -0.5 * z**2
         w = jnp.exp(logits - jnp.max(logits))
         return w / jnp.sum(w)
+
+
+def _check_width(width: float | None, name: str) -> None:
+    if width is not None and not (width > 0 and math.isfinite(width)):
+        raise ValueError(f"`{name}` must be a positive float, got {width}.")
 
 
 _GRIDS: dict[str, type[AbstractTimeGrid]] = {
@@ -164,8 +164,7 @@ def make_time_grid(
             f"{sorted(_GRIDS)}."
         ) from None
     if cls is GaussianTimeGrid:
-        if width is not None and not (width > 0 and math.isfinite(width)):
-            raise ValueError(f"`{width_name}` must be a positive float, got {width}.")
+        _check_width(width, width_name)
         return GaussianTimeGrid(float(t0), float(t1), num_intervals, width)
     if width is not None:
         raise ValueError(
