@@ -302,19 +302,18 @@ TABLES: dict[str, list[tuple[str, str]]] = {
         ("nfe_backward", "NFE bwd"),
         ("step_s", "step s (n=1)"),
     ],
-    "profile_conv": [
-        ("layer", "layer"),
-        ("mode", "mode"),
-        ("x", "input"),
-        ("cout", "cout"),
-        ("xla_fwd_s", "xla fwd s"),
-        ("xla_dx_s", "xla dX s"),
-        ("xla_dw_s", "xla dW s"),
-        ("im2col_fwd_s", "im2col fwd s"),
-        ("im2col_dx_s", "im2col dX s"),
-        ("im2col_dw_s", "im2col dW s"),
-    ],
 }
+
+
+def profile_conv_columns(rows: list[dict]) -> list[tuple[str, str]]:
+    """`profile_conv.py`'s table: the layer, then forward/dX/dW seconds of each
+    implementation its rows hold."""
+    columns = [("layer", "layer"), ("mode", "mode"), ("x", "input"), ("cout", "cout")]
+    for impl in ("xla", "im2col", "torch"):
+        for part, name in (("fwd", "fwd"), ("dx", "dX"), ("dw", "dW")):
+            if any(f"{impl}_{part}_s" in r for r in rows):
+                columns.append((f"{impl}_{part}_s", f"{impl} {name} s"))
+    return columns
 
 
 def vs_torch_rows(rows: list[dict]) -> list[dict]:

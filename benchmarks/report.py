@@ -57,7 +57,8 @@ def memory(path):
 
 
 def profile_conv(path):
-    C.print_table(_load(path)["rows"], "profile_conv")
+    rows = _load(path)["rows"]
+    C.print_table(rows, C.profile_conv_columns(rows))
     print()
 
 

@@ -122,3 +122,15 @@ def test_bench_vs_torch_without_torch(tmp_path):
     for row, factor in ((train, 3), (infer, 1)):
         expected = factor * row["nfe"] * flops["total"] / row["median_s"] / 1e9
         np.testing.assert_allclose(row["gflops"], expected, rtol=1e-12)
+
+
+def test_profile_conv_table_has_the_columns_of_the_timed_implementations():
+    import _common as C
+
+    rows = [
+        dict(layer=0, mode="same", x="(2, 4, 4, 3)", cout=8, im2col_fwd_s=0.1),
+        dict(layer="all", im2col_fwd_s=0.1, im2col_dw_s=0.2, torch_dx_s=0.3),
+    ]
+    assert [h for _, h in C.profile_conv_columns(rows)] == [
+        "layer", "mode", "input", "cout", "im2col fwd s", "im2col dW s", "torch dX s"
+    ]  # fmt: skip
