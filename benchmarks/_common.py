@@ -302,6 +302,18 @@ TABLES: dict[str, list[tuple[str, str]]] = {
         ("nfe_backward", "NFE bwd"),
         ("step_s", "step s (n=1)"),
     ],
+    "inference_modes": [
+        ("model", "model"),
+        ("batch", "batch"),
+        ("mode", "inference"),
+        ("nfe_mean", "NFE mean"),
+        ("nfe_max", "NFE max"),
+        ("max_abs_logit_diff", "max abs logit diff vs joint"),
+        ("median_s", "median s"),
+        ("min_s", "min s"),
+        ("repeats", "n"),
+        ("vs_joint", "time / joint"),
+    ],
 }
 
 

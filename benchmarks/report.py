@@ -56,6 +56,11 @@ def memory(path):
     print()
 
 
+def inference_modes(path):
+    C.print_table(_load(path)["rows"], "inference_modes")
+    print()
+
+
 def profile_conv(path):
     rows = _load(path)["rows"]
     C.print_table(rows, C.profile_conv_columns(rows))
@@ -67,6 +72,7 @@ REPORTS = {
     "norm_overhead": norm,
     "compile": compile_,
     "memory": memory,
+    "inference_modes": inference_modes,
     "profile_conv_b": profile_conv,  # not profile_step's profile_conv6_...
 }
 

@@ -134,3 +134,21 @@ def test_profile_conv_table_has_the_columns_of_the_timed_implementations():
     assert [h for _, h in C.profile_conv_columns(rows)] == [
         "layer", "mode", "input", "cout", "im2col fwd s", "im2col dW s", "torch dX s"
     ]  # fmt: skip
+
+
+def test_bench_inference_modes_compares_the_two_modes_on_the_same_weights():
+    """Per-sample inference solves the same ODEs as joint inference (same weights and
+    running statistics), to the solver's tolerance, each sample with its own NFE."""
+    import argparse
+
+    import bench_inference_modes as B
+
+    args = argparse.Namespace(
+        seed=0, rtol=1e-3, atol=1e-3, max_steps=100, hidden=8, repeats=1, warmup=1
+    )
+    joint, per_sample = B.run(args, "mlp", 3)
+    assert (joint["mode"], per_sample["mode"]) == ("joint", "per-sample")
+    assert joint["max_abs_logit_diff"] == 0.0 and joint["vs_joint"] == 1.0
+    assert 0.0 < per_sample["max_abs_logit_diff"] < 1e-2
+    assert per_sample["nfe_max"] >= per_sample["nfe_mean"] > 0
+    assert per_sample["vs_joint"] == per_sample["median_s"] / joint["median_s"]
