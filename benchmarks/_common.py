@@ -53,6 +53,18 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def solve_options(args: argparse.Namespace) -> dict:
+    """`build_jax`'s keywords set by `base_parser`'s options (seed, tolerances,
+    `max_steps`, the MLP's width)."""
+    return dict(
+        seed=args.seed,
+        rtol=args.rtol,
+        atol=args.atol,
+        max_steps=args.max_steps,
+        hidden=args.hidden,
+    )
+
+
 def build_jax(
     model: str,
     *,

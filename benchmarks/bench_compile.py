@@ -89,13 +89,7 @@ def make_steps(opt, max_traces: int):
 def run(args, model_name: str) -> dict:
     monitor = Monitor()
     model, state = C.build_jax(
-        model_name,
-        seed=args.seed,
-        adjoint=args.adjoint,
-        rtol=args.rtol,
-        atol=args.atol,
-        max_steps=args.max_steps,
-        hidden=args.hidden,
+        model_name, adjoint=args.adjoint, **C.solve_options(args)
     )
     opt = C.optimizer()
     opt_state = opt.init(eqx.filter(model, eqx.is_inexact_array))

@@ -25,13 +25,7 @@ def run(args, model_name: str, batch: int) -> list[dict]:
     calls, outs = {}, {}
     for mode, per_sample in MODES.items():
         model, state = C.build_jax(
-            model_name,
-            seed=args.seed,
-            rtol=args.rtol,
-            atol=args.atol,
-            max_steps=args.max_steps,
-            hidden=args.hidden,
-            per_sample_inference=per_sample,
+            model_name, per_sample_inference=per_sample, **C.solve_options(args)
         )
         _, state, _ = C.block(C.forward_train(model, state, x))
         model = eqx.nn.inference_mode(model)

@@ -94,15 +94,7 @@ def run(args, model: str, batch: int, control: str) -> list[dict]:
     fns = {}
     for norm in args.norms:
         m, s = C.build_jax(
-            model,
-            seed=args.seed,
-            norm=norm,
-            adjoint=args.adjoint,
-            rtol=args.rtol,
-            atol=args.atol,
-            max_steps=args.max_steps,
-            hidden=args.hidden,
-            steps=steps,
+            model, norm=norm, adjoint=args.adjoint, steps=steps, **C.solve_options(args)
         )
         opt_state = C.optimizer().init(eqx.filter(m, eqx.is_inexact_array))
 

@@ -57,13 +57,7 @@ def _jax_configs(args):
     jax_models = {}
     for adj in args.jax_adjoints:
         jax_models[adj] = C.build_jax(
-            args.model_name,
-            seed=args.seed,
-            adjoint=adj,
-            rtol=args.rtol,
-            atol=args.atol,
-            max_steps=args.max_steps,
-            hidden=args.hidden,
+            args.model_name, adjoint=adj, **C.solve_options(args)
         )
     return jax_models
 

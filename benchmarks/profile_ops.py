@@ -54,9 +54,8 @@ def main():
     args = p.parse_args()
     model_name, batch = args.model[0], args.batch[0]
     model, state = C.build_jax(
-        model_name, seed=args.seed, norm=args.norm, adjoint=args.adjoint,
-        rtol=args.rtol, atol=args.atol, max_steps=args.max_steps, hidden=args.hidden,
-    )  # fmt: skip
+        model_name, norm=args.norm, adjoint=args.adjoint, **C.solve_options(args)
+    )
     x, y = C.to_jnp(*C.make_data(model_name, batch, args.seed))
     opt = C.optimizer()
     opt_state = opt.init(eqx.filter(model, eqx.is_inexact_array))

@@ -164,10 +164,8 @@ def main():
     results = dict(environment=C.environment(), args=vars(args), runs=[])
     for model_name, batch, norm in itertools.product(args.model, args.batch, args.norm):
         model, state = C.build_jax(
-            model_name, seed=args.seed, adjoint=args.adjoint, norm=norm,
-            rtol=args.rtol, atol=args.atol, max_steps=args.max_steps,
-            hidden=args.hidden,
-        )  # fmt: skip
+            model_name, adjoint=args.adjoint, norm=norm, **C.solve_options(args)
+        )
         x, y = C.to_jnp(*C.make_data(model_name, batch, args.seed))
         rec = dict(model=model_name, batch=batch, norm=norm, conv_impl=args.conv_impl)
         if not args.skip_step:
