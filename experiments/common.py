@@ -58,6 +58,9 @@ class ClassifierConfig:
     # "node" (plain), "aug<k>" (Aug-NODE, k zero channels appended, e.g. "aug16"),
     # "hbnode" (heavy ball) or "sonode" (second order): see `wrap_variant`.
     variant: str = "node"
+    # Training solves multiply their first step by 2**(-a U): td.NeuralODE's
+    # `first_step_jitter` (0: the solver's own first step every time).
+    first_step_jitter: float = 0.0
 
 
 SOLVERS: dict[str, Callable[[], dfx.AbstractSolver]] = {
@@ -112,7 +115,10 @@ def build_classifier(cfg: ClassifierConfig, image_shape, num_classes, key):
         # The channels of the ODE state's last axis: flat features for an MLP field.
         channels = h * w * c if cfg.field == "mlp" else c
         field = wrap_variant(cfg.variant, inner, channels, k1)
-        node = td.NeuralODE(field, solver=solver, stepsize_controller=ctrl, dt0=dt0)
+        node = td.NeuralODE(
+            field, solver=solver, stepsize_controller=ctrl, dt0=dt0,
+            first_step_jitter=cfg.first_step_jitter,
+        )  # fmt: skip
         return td.UnmixedClassifier(node, image_shape, num_classes, key=k2)
 
     return eqx.nn.make_with_state(build)(key)
@@ -326,17 +332,16 @@ def evaluate(
     Up to `chunk` samples are processed per call, as `chunk // batch_size`
     independent batches (vmapped), so small test batches stay cheap. `noise`: an
     optional `x -> x` applied to the inputs first. With `return_predictions`, the
-    predicted classes come third. With `batch_statistics`, the normalisations
-    use each test batch's own statistics (their training mode; dropout stays off and
-    `state` is not updated): the accuracy the weights reach without the running
-    statistics.
+    predicted classes come third. With `batch_statistics`, the vector field's
+    normalisations use each test batch's own statistics (the Neural ODE in training
+    mode, a joint solve of the batch; the head's normalisation and dropout stay in
+    inference mode and `state` is not updated): the accuracy the field's weights
+    reach without its running statistics.
     """
-    model = eqx.nn.inference_mode(model, value=not batch_statistics)
-    if batch_statistics:  # all in training mode (joint solves) but dropout
+    model = eqx.nn.inference_mode(model)
+    if batch_statistics:
         model = eqx.tree_at(
-            lambda m: [d.inference for d in _dropouts(m)],
-            model,
-            replace_fn=lambda _: True,
+            lambda m: m.ode, model, eqx.nn.inference_mode(model.ode, value=False)
         )
     groups = max(1, chunk // batch_size)
 
@@ -368,11 +373,6 @@ def evaluate(
     pred = np.concatenate(preds)
     result = float(np.mean(pred == y)), float(np.mean(np.concatenate(nfes)))
     return (*result, pred) if return_predictions else result
-
-
-def _dropouts(model) -> list[eqx.nn.Dropout]:
-    is_dropout = lambda x: isinstance(x, eqx.nn.Dropout)
-    return [x for x in jax.tree.leaves(model, is_leaf=is_dropout) if is_dropout(x)]
 
 
 def regularization_weights(regularizer, cfg) -> Callable:

@@ -13,7 +13,13 @@ Studies (`--study`, comma-separated):
 - `depth`: conv vector fields with 4 / 6 / 8 / 10 / 12 layers, TA-BN vs no BN (Figs. 1
   and 6). Conv fields inside a solve are slow on CPU: use `--train-limit`, and
   `--conv-width 8` (8/16/32/64 channels instead of the paper's 32/64/128/256).
-- `stats`: the first TA-BN layer's running mean and variance over t (Fig. 3 right).
+- `stats`: the first TA-BN layer's running mean and variance over t (Fig. 3 right),
+  with its coverage.
+- `coverage`: TA-BN's inference read with and without coverage on the depth
+  study's conv fields (`--depths`, `--grids`): the share of grid points covered
+  after training, inference accuracy and NFE with the coverage-aware read (the
+  default) and with the paper's read of the same statistics, against the same
+  weights with batch statistics and the training NFE.
 
 Every run uses the paper's recipe (`common.ClassifierConfig`: AdamW 1e-3, weight decay
 2e-2, lr x0.1 at half the steps, clip 10, affine penalty 0.1 for TA-BN), checkpoints
@@ -45,8 +51,10 @@ from common import (  # noqa: E402
     write_json,
 )
 
+import tadiffeq as td  # noqa: E402
 
-STUDIES = ("noise", "solver", "grid", "depth", "stats")
+
+STUDIES = ("noise", "solver", "grid", "depth", "stats", "coverage")
 DEFAULT_GRID = ClassifierConfig.num_intervals
 
 
@@ -162,16 +170,68 @@ def study_depth(base, data, out, args):
     return rows, columns
 
 
+def papers_read(model, state):
+    """`state` with every TA-BN layer of `model` marked fully covered: the coverage
+    read of it is the paper's read of the same statistics (raw buffers, plain grid
+    weights)."""
+    state = td.clone_state(state)
+    for layer in td.norm_layers(model):
+        if isinstance(layer, td.TABatchNorm) and layer.coverage_aware:
+            u = state.get(layer.coverage_index)
+            state = state.set(layer.coverage_index, jnp.zeros_like(u))
+    return state
+
+
+def study_coverage(base, data, out, args):
+    data = pad_to_multiple(data)
+    x, y = data["test"]
+    rows = []
+    for depth in [int(d) for d in args.depths.split(",")]:
+        for m in [int(g) for g in args.grids.split(",")]:
+            cfg = dataclasses.replace(
+                base, norm="tabn", field=f"conv{depth}", conv_width=args.conv_width,
+                num_intervals=m,
+            )  # fmt: skip
+            model, state, history = _train(cfg, data, out, f"conv{depth} M={m}")
+            cov = np.stack([np.asarray(c) for c in td.tabn_coverage(model, state)])
+            threshold = td.norm_layers(model.ode)[0].min_coverage
+            acc_cov, nfe_cov = evaluate(model, state, x, y, 256)
+            acc_paper, nfe_paper = evaluate(model, papers_read(model, state), x, y, 256)
+            acc_batch = evaluate(model, state, x, y, 256, batch_statistics=True)[0]
+            rows.append(
+                dict(
+                    depth=depth, grid=m, points=m + 1,
+                    covered=float(np.mean(cov >= threshold)),
+                    never=float(np.mean(cov == 0)),
+                    acc_batch=acc_batch, acc_cov=acc_cov, acc_paper=acc_paper,
+                    nfe_cov=nfe_cov, nfe_paper=nfe_paper,
+                    train_nfe=history[-1]["train_nfe"],
+                    train_loss=history[-1]["loss"],
+                )
+            )  # fmt: skip
+    columns = [
+        ("depth", "conv layers"), ("grid", "M"),
+        ("covered", "share covered"), ("never", "share never updated"),
+        ("acc_batch", "acc, batch stats"), ("acc_cov", "acc, coverage read"),
+        ("acc_paper", "acc, paper's read"), ("train_nfe", "train NFE"),
+        ("nfe_cov", "test NFE, coverage read"), ("nfe_paper", "test NFE, paper's read"),
+    ]  # fmt: skip
+    return rows, columns
+
+
 def study_stats(base, data, out, args):
     cfg = dataclasses.replace(base, norm="tabn")
     model, state, _ = _train(cfg, data, out, "tabn")
     layer = model.ode.field.norms[0]
     ts = jnp.linspace(0.0, 1.0, cfg.num_intervals + 1)
     mean, var = jax.vmap(lambda t: layer.statistics_at(t, state))(ts)
-    weight, bias = jax.vmap(layer.affine_at)(ts)
-    rows = [dict(t=float(t), mean=m.tolist(), var=v.tolist()) for t, m, v in
-            zip(ts, np.asarray(mean[:, :8]), np.asarray(var[:, :8]))]  # fmt: skip
-    _plot_stats(ts, mean, var, weight, bias, out / "stats.png")
+    weight, bias = jax.vmap(lambda t: layer.affine_at(t, state))(ts)
+    coverage = np.asarray(layer.coverage(state))
+    rows = [dict(t=float(t), mean=m.tolist(), var=v.tolist(), coverage=float(c))
+            for t, m, v, c in zip(ts, np.asarray(mean[:, :8]), np.asarray(var[:, :8]),
+                                  coverage)]  # fmt: skip
+    _plot_stats(layer.grid.points(), coverage, ts, mean, var, weight, bias,
+                out / "stats.png")  # fmt: skip
     spread = np.asarray(mean.max(0) - mean.min(0))
     print(
         f"first TA-BN layer: running mean varies over t by {spread.mean():.3f} on "
@@ -188,7 +248,7 @@ def _columns():
     ]  # fmt: skip
 
 
-def _plot_stats(ts, mean, var, weight, bias, path):
+def _plot_stats(points, coverage, ts, mean, var, weight, bias, path):
     try:
         import matplotlib
 
@@ -196,9 +256,11 @@ def _plot_stats(ts, mean, var, weight, bias, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3))
-    titles = ("running mean", "running var", "weight", "bias")
-    for ax, values, title in zip(axes, (mean, var, weight, bias), titles):
+    fig, axes = plt.subplots(1, 5, figsize=(17, 3))
+    axes[0].bar(np.asarray(points), coverage, width=0.8 * float(points[1] - points[0]))
+    axes[0].set(xlabel="grid point t_k", ylabel="coverage c_k", title="coverage")
+    titles = ("mean (inference read)", "var (inference read)", "weight", "bias")
+    for ax, values, title in zip(axes[1:], (mean, var, weight, bias), titles):
         ax.plot(ts, np.asarray(values)[:, :8])
         ax.set(xlabel="t", title=f"{title} (8 channels)")
     fig.tight_layout()
@@ -228,6 +290,28 @@ def _plot_rows(study, rows, path):
                     ylabel="train loss (last epoch mean)")  # fmt: skip
         axes[1].set(xlabel="conv layers in the vector field", ylabel="test accuracy")
         axes[1].legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return
+    if study == "coverage":
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+        for i, depth in enumerate(sorted({r["depth"] for r in rows})):
+            sel = [r for r in rows if r["depth"] == depth]
+            grids = [r["grid"] for r in sel]
+            for key, style, what in (
+                ("batch", ":", "batch stats"), ("cov", "o-", "coverage read"),
+                ("paper", "x--", "paper's read"),
+            ):  # fmt: skip
+                axes[0].plot(grids, [r[f"acc_{key}"] for r in sel], style,
+                             color=f"C{i}", label=f"conv{depth}, {what}")  # fmt: skip
+                if key != "batch":
+                    ratio = [r[f"nfe_{key}"] / r["train_nfe"] for r in sel]
+                    axes[1].plot(grids, ratio, style, color=f"C{i}")
+        axes[0].set(xscale="log", xlabel="grid intervals M", ylabel="test accuracy")
+        axes[1].set(xscale="log", xlabel="grid intervals M",
+                    ylabel="test NFE / train NFE")  # fmt: skip
+        axes[0].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
@@ -264,6 +348,9 @@ def main(argv=None):
     parser.add_argument("--noise-std", type=float, default=3.0)
     parser.add_argument("--depths", default="4,6,8,10,12")
     parser.add_argument(
+        "--grids", default="10,50,100,500", help="coverage study: the grids M"
+    )
+    parser.add_argument(
         "--num-intervals", type=positive_int, default=DEFAULT_GRID,
         help="TA-BN grid intervals M (the paper: 100); the grid study sweeps its own",
     )  # fmt: skip
@@ -271,6 +358,10 @@ def main(argv=None):
         "--conv-width", type=positive_int, default=32,
         help="depth study: the conv fields' first hidden channels (paper: 32; the "
         "others are 2x, 4x, 8x it)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--first-step-jitter", type=float, default=0.0,
+        help="training solves' first step times 2**(-a U) (td.NeuralODE)",
     )  # fmt: skip
     parser.add_argument("--train-limit", type=positive_int, default=None)
     parser.add_argument("--test-limit", type=positive_int, default=None)
@@ -289,6 +380,7 @@ def main(argv=None):
     base = ClassifierConfig(
         hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size,
         num_intervals=args.num_intervals, seed=args.seed,
+        first_step_jitter=args.first_step_jitter,
     )  # fmt: skip
     out = pathlib.Path(args.out)
     results = {}

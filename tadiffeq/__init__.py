@@ -27,13 +27,13 @@ from ._models.variants import (
 )
 from ._neural_ode import NeuralODE as NeuralODE, SolveStats as SolveStats
 from ._neural_sde import NeuralSDE as NeuralSDE
-from ._norm.base import AbstractNorm as AbstractNorm
+from ._norm.base import AbstractNorm as AbstractNorm, norm_layers as norm_layers
 from ._norm.factory import make_norm as make_norm, NORM_NAMES as NORM_NAMES
 from ._norm.identity import NoNorm as NoNorm
 from ._norm.minibatch import MiniBatchNorm as MiniBatchNorm
 from ._norm.penalty import affine_penalty as affine_penalty
 from ._norm.popti import PopTIBatchNorm as PopTIBatchNorm
-from ._norm.tabn import TABatchNorm as TABatchNorm
+from ._norm.tabn import TABatchNorm as TABatchNorm, tabn_coverage as tabn_coverage
 from ._norm.time_grid import (
     AbstractTimeGrid as AbstractTimeGrid,
     GaussianTimeGrid as GaussianTimeGrid,

@@ -8,6 +8,7 @@ import shutil
 from typing import Any
 
 import equinox as eqx
+import jax
 from jaxtyping import PyTree
 
 
@@ -60,7 +61,7 @@ class Checkpointer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         eqx.tree_serialise_leaves(tmp / "arrays.eqx", tree)
-        meta = {"step": step, "metadata": metadata or {}}
+        meta = {"step": step, "metadata": metadata or {}, "leaves": _layout(tree)}
         (tmp / "meta.json").write_text(json.dumps(meta))
         os.replace(tmp, target)
         pointer = self.directory / "latest.json.tmp"
@@ -94,8 +95,62 @@ class Checkpointer:
         name = json.loads(self._latest.read_text())["checkpoint"]
         path = self.directory / name
         meta = json.loads((path / "meta.json").read_text())
-        tree = eqx.tree_deserialise_leaves(path / "arrays.eqx", like)
+        expected = _layout(like)
+        saved = meta.get("leaves")  # absent in checkpoints of tadiffeq 0.1
+        if saved is not None and saved != expected:
+            raise ValueError(_mismatch(path, saved, expected, like))
+        with open(path / "arrays.eqx", "rb") as f:
+            try:
+                tree = eqx.tree_deserialise_leaves(f, like)
+            except Exception as e:
+                raise ValueError(
+                    f"Checkpoint {path} does not match the structure of `like` "
+                    f"({len(expected)} arrays): {type(e).__name__}: {e}. {_HINT}"
+                ) from e
+            if f.read(1):
+                raise ValueError(
+                    f"Checkpoint {path} holds more arrays than `like` "
+                    f"({len(expected)}); it was written for another model."
+                )
         return meta["step"], tree, meta["metadata"]
+
+
+_HINT = (
+    "A model with coverage-aware TA-BN layers (the default since tadiffeq 0.2) holds "
+    "one more state array per layer than tadiffeq 0.1 saved: restore such a "
+    "checkpoint into layers built with `TABatchNorm(..., coverage_aware=False)`."
+)
+
+
+def _layout(tree: PyTree) -> list[list]:
+    """The shape and dtype of every array leaf of `tree`, in order."""
+    return [
+        [list(x.shape), str(x.dtype)]
+        for x in jax.tree_util.tree_leaves(tree)
+        if eqx.is_array(x)
+    ]
+
+
+def _mismatch(path, saved: list, expected: list, like: PyTree) -> str:
+    """Says where the arrays of a checkpoint and of `like` first differ."""
+    paths = [
+        jax.tree_util.keystr(p)
+        for p, x in jax.tree_util.tree_flatten_with_path(like)[0]
+        if eqx.is_array(x)
+    ]
+    for i, (a, b) in enumerate(zip(saved, expected)):
+        if a != b:
+            return (
+                f"Checkpoint {path} does not match `like`: array {i} "
+                f"({paths[i]}) was saved with shape {tuple(a[0])} and dtype {a[1]}, "
+                f"`like` has shape {tuple(b[0])} and dtype {b[1]}."
+            )
+    more = "fewer" if len(saved) < len(expected) else "more"
+    hint = f" {_HINT}" if more == "fewer" else ""
+    return (
+        f"Checkpoint {path} holds {len(saved)} arrays, {more} than the "
+        f"{len(expected)} of `like`: it was written for another model.{hint}"
+    )
 
 
 def _step_of(name: str) -> int | None:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree, Shaped
 
-from ._norm.base import AbstractNorm
+from ._norm.base import norm_layers
 from ._norm.tabn import TABatchNorm
 from ._regularizers.base import AbstractRegularizer, Plan, SolveResult
 from ._solver.stateful import clone_state, StatefulField, StatefulSolver, time_dtype
@@ -54,14 +54,6 @@ class SolveStats(eqx.Module):
             num_regularizer_evals=jnp.asarray(num_regularizer_evals, num_steps.dtype),
             regularization=jnp.asarray(regularization),
         )
-
-
-def _is_norm(x) -> bool:
-    return isinstance(x, AbstractNorm)
-
-
-def norm_layers(tree) -> list[AbstractNorm]:
-    return [x for x in jtu.tree_leaves(tree, is_leaf=_is_norm) if _is_norm(x)]
 
 
 def _with_norm(controller, restrict):
@@ -126,6 +118,11 @@ class NeuralODE(eqx.Module):
     - `max_steps`: the most steps a solve may take (default `1000`).
     - `per_sample_inference`: solve samples separately in inference mode; `None`
       (default) decides from the normalisation layers as above.
+    - `first_step_jitter`: `a >= 0`; with `a > 0` every training solve multiplies
+      its first step by `2**(-a U)`, `U ~ Uniform(0, 1)` drawn from the call's `key`
+      (then required), so the solver's step times differ from batch to batch and
+      the evaluations of training cover a TA-BN grid (see docs/results.md, "TA-BN
+      coverage"). Default `0.0` (deterministic steps); inference is never jittered.
     - `inference`: start in inference mode (default `False`).
     """
 
@@ -138,6 +135,7 @@ class NeuralODE(eqx.Module):
     dt0: float | None = eqx.field(static=True)
     max_steps: int = eqx.field(static=True)
     per_sample_inference: bool = eqx.field(static=True)
+    first_step_jitter: float = eqx.field(static=True)
     inference: bool
 
     def __init__(
@@ -152,6 +150,7 @@ class NeuralODE(eqx.Module):
         adjoint: dfx.AbstractAdjoint | None = None,
         max_steps: int = 1000,
         per_sample_inference: bool | None = None,
+        first_step_jitter: float = 0.0,
         inference: bool = False,
     ):
         if not callable(field):
@@ -233,6 +232,13 @@ class NeuralODE(eqx.Module):
         self.dt0 = dt0
         self.max_steps = max_steps
         self.per_sample_inference = bool(per_sample_inference)
+        first_step_jitter = float(first_step_jitter)
+        if not (math.isfinite(first_step_jitter) and first_step_jitter >= 0):
+            raise ValueError(
+                "`first_step_jitter` must be a finite float >= 0, got "
+                f"{first_step_jitter}."
+            )
+        self.first_step_jitter = first_step_jitter
         self.inference = inference
 
     def __call__(
@@ -255,7 +261,8 @@ class NeuralODE(eqx.Module):
           solution; default: only `t1`.
         - `regularizer`: an optional [`tadiffeq.AbstractRegularizer`][] for this
           (training) solve; its value is `stats.regularization`.
-        - `key`: a PRNG key for regularizers that sample (local, RNODE, STEER).
+        - `key`: a PRNG key for regularizers that sample (local, RNODE, STEER) and
+          for `first_step_jitter`.
 
         **Returns:** `(y, state, stats)`: the field's `readout` of y(t1) (or of the
         solution at every time in `ts`, stacked on a leading axis), the updated state
@@ -279,7 +286,17 @@ class NeuralODE(eqx.Module):
                 ys = jtu.tree_map(lambda a: jnp.swapaxes(a[:, :, 0], 0, 1), ys)
             new_state = state
         else:
-            ys, new_state, stats = self._solve(y0, state, ts, regularizer, key)
+            jitter_key = None
+            if self.first_step_jitter > 0 and not self.inference:
+                if key is None:
+                    raise ValueError(
+                        "`first_step_jitter` randomises the first step of every "
+                        "training solve: pass `key=`."
+                    )
+                key, jitter_key = jax.random.split(key)
+            ys, new_state, stats = self._solve(
+                y0, state, ts, regularizer, key, jitter_key
+            )
         return self._readout(ys), new_state, stats
 
     def local_step_estimate(self, state, t, y, **kwargs):
@@ -329,7 +346,7 @@ class NeuralODE(eqx.Module):
         readout = getattr(self.field, "readout", None)
         return ys if readout is None else readout(ys)
 
-    def _solve(self, y0, state, ts, regularizer=None, key=None):
+    def _solve(self, y0, state, ts, regularizer=None, key=None, jitter_key=None):
         plan = Plan() if regularizer is None else regularizer.plan(self, y0, key)
         field, y_init, controller = self.field, y0, self.stepsize_controller
         if plan.augment is not None:
@@ -357,6 +374,9 @@ class NeuralODE(eqx.Module):
             )
             dt0 = jax.lax.stop_gradient(tnext - t0)
             num_heuristic = 2 if _uses_pid_heuristic(controller) else 0
+        if jitter_key is not None:
+            u = jax.random.uniform(jitter_key, (), tdt)
+            dt0 = dt0 * 2.0 ** (-self.first_step_jitter * u)
         # A regularizer reads its integrals off the state at t1, also when `ts` ends
         # earlier: then t1 is saved after `ts` (one SaveAt, which BacksolveAdjoint
         # needs) and split off below.

@@ -12,7 +12,8 @@ import lineax as lx
 from jaxtyping import Array, PRNGKeyArray, PyTree, Shaped
 
 from ._misc import check_positive_int
-from ._neural_ode import norm_layers, SolveStats
+from ._neural_ode import SolveStats
+from ._norm.base import norm_layers
 from ._regularizers.base import AbstractRegularizer, Plan, SolveResult
 from ._regularizers.global_ import GlobalRegularizer
 from ._regularizers.local import controller_tolerances, LocalRegularizer

@@ -108,7 +108,10 @@ class UnmixedClassifier(eqx.Module):
                 f"{images.dtype}; convert and normalise them first."
             )
         x = jnp.transpose(images, (0, 2, 3, 1)) if self.channels_first else images
-        y, state, stats = self.ode(x, state)
+        # The ODE's key (for `first_step_jitter`) is folded off the dropout's, which
+        # stays `key` itself.
+        ode_key = None if key is None else jax.random.fold_in(key, 1)
+        y, state, stats = self.ode(x, state, key=ode_key)
         feats = y.reshape(y.shape[0], -1)
         feats, state = self.head_norm(0.0, feats, state)
         feats = self.dropout(feats, key=key)

@@ -89,6 +89,12 @@ class AbstractNorm(eqx.Module):
         return self.inference if inference is None else inference
 
 
+def norm_layers(tree) -> list[AbstractNorm]:
+    """Every normalisation layer in `tree` (a model), in pytree order."""
+    is_norm = lambda x: isinstance(x, AbstractNorm)
+    return [x for x in jax.tree_util.tree_leaves(tree, is_leaf=is_norm) if is_norm(x)]
+
+
 def check_num_features(cls_name: str, num_features: int) -> None:
     check_positive_int("num_features", num_features, owner=cls_name)
 

@@ -37,7 +37,9 @@ def _none(num_features, *, channel_axis, **kw):
     return NoNorm(num_features, channel_axis)
 
 
-_GRID_KEYS = ("t0", "t1", "num_intervals", "kernel_width")
+_GRID_KEYS = (
+    "t0", "t1", "num_intervals", "kernel_width", "coverage_aware", "min_coverage"
+)  # fmt: skip
 _MAKERS: dict[str, tuple[Callable[..., AbstractNorm], tuple[str, ...]]] = {
     # name: (constructor, the keyword arguments it takes)
     "tabn": (
@@ -73,6 +75,8 @@ def make_norm(
     eps: float = 1e-5,
     channel_axis: int = -1,
     dtype=None,
+    coverage_aware: bool = True,
+    min_coverage: float | None = None,
 ) -> AbstractNorm:
     """Builds a normalisation layer by name.
 
@@ -83,7 +87,9 @@ def make_norm(
       BN), `"minibatch"` (mini-batch BN) or `"none"` (identity).
     - `num_features`: number of channels C.
     - the remaining keywords configure the layer; those that do not apply to the
-      chosen layer (e.g. `num_intervals` for `"popti"`) are ignored.
+      chosen layer (e.g. `num_intervals` for `"popti"`) are ignored;
+      `coverage_aware` and `min_coverage` are TA-BN's (see
+      [`tadiffeq.TABatchNorm`][]).
 
     **Returns:** an [`tadiffeq.AbstractNorm`][].
     """
@@ -102,6 +108,8 @@ def make_norm(
         eps=eps,
         channel_axis=channel_axis,
         dtype=dtype,
+        coverage_aware=coverage_aware,
+        min_coverage=min_coverage,
     )
     return maker(num_features, **{k: given[k] for k in keys})
 

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 from .._misc import check_scalar_time
 
@@ -81,6 +81,27 @@ class AbstractTimeGrid(eqx.Module):
     def weights(self, t: ArrayLike) -> Float[Array, " points"]:
         """The weight of each grid point for time `t` (a scalar). Sums to one."""
 
+    def covered_weights(
+        self, t: ArrayLike, covered: Bool[Array, " points"]
+    ) -> Float[Array, " points"]:
+        """Weights for time `t` that use only the grid points where `covered` is
+        true; they sum to one.
+
+        The default masks `weights(t)` and renormalises it; where that leaves nothing
+        (every point with weight is uncovered), all weight goes to the nearest covered
+        point. With no point covered it returns `weights(t)`. Where every point is
+        covered it equals `weights(t)` up to rounding (exactly, for
+        [`tadiffeq.LinearTimeGrid`][], which interpolates between the nearest covered
+        points instead).
+        """
+        s = self._position(t)
+        w = self.weights(t)
+        masked = jnp.where(covered, w, 0.0)
+        total = jnp.sum(masked)
+        nearest = _nearest_covered(s, covered)
+        out = jnp.where(total > 0, masked / jnp.where(total > 0, total, 1.0), nearest)
+        return jnp.where(jnp.any(covered), out, w)
+
 
 class LinearTimeGrid(AbstractTimeGrid):
     """Linear interpolation between the two grid points around `t` (TA-BN, Eq. 7 of
@@ -97,6 +118,29 @@ class LinearTimeGrid(AbstractTimeGrid):
         k = jnp.arange(self.num_points, dtype=s.dtype)
         # Hat functions: exactly w_l, w_{l+1} as above and zero elsewhere.
         return jnp.maximum(0.0, 1.0 - jnp.abs(s - k))
+
+    def covered_weights(
+        self, t: ArrayLike, covered: Bool[Array, " points"]
+    ) -> Float[Array, " points"]:
+        """Linear interpolation between the nearest covered grid points on either side
+        of `t` (points L <= s <= R in grid units: w_L = 1 - (s - L) / (R - L),
+        w_R = 1 - (R - s) / (R - L)); all weight on the outermost covered point beyond
+        it; `weights(t)` when no point is covered. With every point covered this is
+        `weights(t)` exactly (the same floating-point operations)."""
+        s = self._position(t)
+        k = jnp.arange(self.num_points, dtype=s.dtype)
+        m = self.num_intervals
+        left = jnp.max(jnp.where(covered & (k <= s), k, -1.0))
+        right = jnp.min(jnp.where(covered & (k >= s), k, m + 1.0))
+        has_left, has_right = left >= 0, right <= m
+        left = jnp.where(has_left, left, right)  # one side only: both ends on it
+        right = jnp.where(has_right, right, left)
+        span = right - left
+        safe = jnp.where(span > 0, span, 1.0)
+        w_left = jnp.where(span > 0, 1.0 - (s - left) / safe, 1.0)
+        w_right = jnp.where(span > 0, 1.0 - (right - s) / safe, 0.0)
+        w = jnp.where(k == left, w_left, 0.0) + jnp.where(k == right, w_right, 0.0)
+        return jnp.where(has_left | has_right, w, self.weights(t))
 
 
 class NearestTimeGrid(AbstractTimeGrid):
@@ -133,6 +177,17 @@ class GaussianTimeGrid(AbstractTimeGrid):
         logits = -0.5 * z**2
         w = jnp.exp(logits - jnp.max(logits))
         return w / jnp.sum(w)
+
+
+def _nearest_covered(
+    s: Float[Array, ""], covered: Bool[Array, " points"]
+) -> Float[Array, " points"]:
+    """One-hot weights on the covered point nearest to position `s` (the earlier one
+    on a tie); all zero when no point is covered."""
+    k = jnp.arange(covered.shape[0], dtype=s.dtype)
+    distance = jnp.where(covered, jnp.abs(s - k), jnp.inf)
+    hit = (k == jnp.argmin(distance)) & jnp.any(covered)
+    return hit.astype(s.dtype)
 
 
 def _check_width(width: float | None, name: str) -> None:
