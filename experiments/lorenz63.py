@@ -24,12 +24,20 @@ times, lambda = 0.9056) of free runs from --num-ics test initial conditions agai
 the exact flow; the learned map's Lyapunov spectrum; long-run attractor statistics
 against the exact flow; figures. Checkpoints to --out and resumes from there.
 
+--authors-models DIR adds the study's own two trained models (DIR holds their .npz
+weights, see `load_authors_model`) as reference rows `authors-naive` (naive training,
+eps = 0.1) and `authors-fehlberg` (Fehlberg training, eps = 0.1), evaluated with the
+same inference rule and every metric above, without training (`--solvers none`
+evaluates only them).
+
     python experiments/lorenz63.py --iterations 300
+    python experiments/lorenz63.py --solvers none --authors-models DIR
 """
 
 import argparse
 import dataclasses
 import functools
+import hashlib
 import json
 import pathlib
 import sys
@@ -58,6 +66,13 @@ SOLVERS = (
     "fehlberg-0.1", "fehlberg-0.05", "fehlberg-0.01",
     "rk4", "dopri5", "tsit5",
 )  # fmt: skip
+# The study's own trained models (Allauzen, Dardis and Plath): row name -> (file in
+# the --authors-models folder, the solver whose training and inference rules they
+# were fitted and are used with).
+AUTHORS = {
+    "authors-naive": ("naive_batch_training_100epochs.npz", "naive-0.1"),
+    "authors-fehlberg": ("fehlberg_training_200epochs.npz", "fehlberg-0.1"),
+}
 # Fields that fix the training run: a checkpoint resumes only if they match.
 TRAIN_FIELDS = (
     "solver", "hidden", "depth", "memory_size", "safety", "max_substeps", "rtol",
@@ -88,8 +103,9 @@ class LorenzConfig:
 
 
 def make_steppers(cfg: LorenzConfig):
-    """(training stepper, inference stepper) of `cfg.solver`."""
-    name = cfg.solver
+    """(training stepper, inference stepper) of `cfg.solver` (for an `AUTHORS` row,
+    those of the solver its model was trained with)."""
+    name = AUTHORS[cfg.solver][1] if cfg.solver in AUTHORS else cfg.solver
     if name.startswith(("naive-", "fehlberg-")):
         mode, eps = name.split("-", 1)
         kw = dict(eps=float(eps), safety=cfg.safety, max_substeps=cfg.max_substeps)
@@ -148,6 +164,55 @@ class AutonomousMLP(eqx.Module):
         for w, b in zip(self.weights[:-1], self.biases[:-1]):
             x = jax.nn.relu(x @ w + b)
         return x @ self.weights[-1] + self.biases[-1]
+
+
+def load_authors_model(path) -> AutonomousMLP:
+    """One of the study's trained fields from its `.npz` (PyTorch `nn.Sequential` of
+    `nn.Linear` and ReLU: keys `nn_{2k}_weight` of shape (out, in) and
+    `nn_{2k}_bias` (out,), k = 0 .. depth, 3 inputs and 3 outputs) as the
+    `AutonomousMLP` this script evaluates, float64 (PyTorch's y = x W^T + b is
+    `x @ W.T + b`, so the weights are stored transposed). Raises `ValueError`
+    naming the file if it is not such a model."""
+    path = pathlib.Path(path)
+
+    def bad(why):
+        return ValueError(f"{path} is not a 3 -> ... -> 3 MLP in PyTorch layout: {why}")
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: np.asarray(z[k]) for k in z.files}
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # not an .npz (pickle, text, truncated zip, ...)
+        raise bad(f"unreadable as .npz ({type(e).__name__}: {e})") from e
+    n_layers = len(arrays) // 2
+    want = {f"nn_{2 * k}_{p}" for k in range(n_layers) for p in ("weight", "bias")}
+    if n_layers < 2 or set(arrays) != want:
+        raise bad(
+            f"keys {sorted(arrays)}, expected {sorted(want) or 'nn_0_weight, ...'}"
+        )
+    weights, biases, fan_in = [], [], 3
+    for k in range(n_layers):
+        w, b = arrays[f"nn_{2 * k}_weight"], arrays[f"nn_{2 * k}_bias"]
+        out = 3 if k == n_layers - 1 else w.shape[0] if w.ndim == 2 else -1
+        if w.shape != (out, fan_in) or b.shape != (out,):
+            raise bad(
+                f"nn_{2 * k}_weight {w.shape} / nn_{2 * k}_bias {b.shape}, expected "
+                f"({out if out > 0 else 'width'}, {fan_in}) / "
+                f"({out if out > 0 else 'width'},)"
+            )
+        if not (np.all(np.isfinite(w)) and np.all(np.isfinite(b))):
+            raise bad(f"non-finite values in layer nn_{2 * k}")
+        weights.append(np.asarray(w.T, dtype=np.float64))
+        biases.append(np.asarray(b, dtype=np.float64))
+        fan_in = out
+    widths = {w.shape[1] for w in weights[:-1]}
+    if len(widths) != 1:
+        raise bad(f"hidden widths {[w.shape[1] for w in weights[:-1]]} differ")
+    with jax.enable_x64(True):
+        mlp = AutonomousMLP(widths.pop(), n_layers - 1, seed=0)
+        layers = jax.tree.map(jnp.asarray, (weights, biases))
+        return eqx.tree_at(lambda m: (m.weights, m.biases), mlp, layers)
 
 
 def _summary(info: tdd.OneStepInfo) -> dict:
@@ -438,6 +503,8 @@ def run(
     `refs`: a callable returning `references(...)` (computed here if `None`). With
     `stop_after`, stops (checkpointed) after that many iterations in total and
     returns `None`."""
+    if cfg.solver in AUTHORS:
+        raise ValueError(f"{cfg.solver!r} is not trained here: use `run_authors`.")
     cache = out.parent / "cache"
     train_x, test_x, description = load_data(cfg, data_dir, cache)
     result_file = out / "result.json"
@@ -455,30 +522,87 @@ def run(
         cfg, train_x, out, checkpoint_every=checkpoint_every, log_every=log_every,
         log=log,
     )  # fmt: skip
-    refs, truth_row = (
-        references(cfg, train_x, test_x, cache) if refs is None else refs()
-    )
-    t = time.perf_counter()
-    row, arrays = evaluate(cfg, mlp, train_x, test_x, refs, log)
-    row.update(
-        truth=truth_row,
-        solver=cfg.solver,
+    return _evaluate_and_save(
+        cfg, mlp, train_x, test_x, out, refs=refs, figures=figures, log=log,
         train_loss=history["loss"][-1],
         training_final=history["train"][-1],
         training_mean_acceptance=float(
             np.mean([s["acceptance"] for s in history["train"]])
         ),
         train_s=history["seconds"],
-        eval_s=time.perf_counter() - t,
         lbfgs_evals=int(np.sum(history["evals"])),
         history=history,
-        config=dataclasses.asdict(cfg),
         data=description,
+    )  # fmt: skip
+
+
+def _evaluate_and_save(
+    cfg, mlp, train_x, test_x, out: pathlib.Path, *, refs, figures, log, **extra
+):
+    """`evaluate`, the row's bookkeeping (`extra` added), figures and result.json."""
+    refs, truth_row = (
+        references(cfg, train_x, test_x, out.parent / "cache")
+        if refs is None
+        else refs()
     )
+    t = time.perf_counter()
+    row, arrays = evaluate(cfg, mlp, train_x, test_x, refs, log)
+    row.update(truth=truth_row, solver=cfg.solver)
+    row.update(extra)
+    row.update(eval_s=time.perf_counter() - t, config=dataclasses.asdict(cfg))
     if figures:
         plot_model(cfg, row, arrays, refs, out)
-    write_json(result_file, row)
+    write_json(out / "result.json", row)
     return row
+
+
+@float64
+def run_authors(
+    cfg: LorenzConfig,
+    model_file,
+    out: pathlib.Path,
+    *,
+    data_dir=None,
+    refs=None,
+    figures: bool = True,
+    log=print,
+):
+    """Evaluates one of the study's own trained models (`cfg.solver` a key of
+    `AUTHORS`, `model_file` its .npz) with every metric of `run`, without training;
+    the training columns are its one-step loss and step statistics on the training
+    set under the training rule it was fitted with. Reads back `out`'s result if the
+    configuration and the file's SHA-256 match."""
+    if cfg.solver not in AUTHORS:
+        raise ValueError(f"`cfg.solver` must be one of {tuple(AUTHORS)}.")
+    model_file = pathlib.Path(model_file)
+    digest = hashlib.sha256(model_file.read_bytes()).hexdigest()
+    train_x, test_x, description = load_data(cfg, data_dir, out.parent / "cache")
+    result_file = out / "result.json"
+    if result_file.exists():
+        saved = json.loads(result_file.read_text())
+        if (
+            saved.get("config") == dataclasses.asdict(cfg)
+            and saved.get("model_sha256") == digest
+        ):
+            log(f"  [{cfg.solver}] evaluated earlier: {result_file}")
+            return saved
+    mlp = load_authors_model(model_file)
+    train_step, _ = make_steppers(cfg)
+    params, static = eqx.partition(mlp, eqx.is_inexact_array)
+    loss, info = diagnostics(
+        params, static, train_step, jnp.asarray(train_x[:-1]), jnp.asarray(train_x[1:])
+    )
+    training = _summary(info)
+    log(
+        f"  [{cfg.solver}] {model_file.name}: training-rule loss {float(loss):.3e} "
+        f"accepted {100 * training['acceptance']:.1f}%"
+    )
+    return _evaluate_and_save(
+        cfg, mlp, train_x, test_x, out, refs=refs, figures=figures, log=log,
+        train_loss=float(loss), training_final=training,
+        training_mean_acceptance=None, train_s=0.0, lbfgs_evals=0, history=None,
+        data=description, model_file=str(model_file), model_sha256=digest,
+    )  # fmt: skip
 
 
 def plot_model(cfg, row, arrays, refs, out: pathlib.Path):
@@ -554,22 +678,24 @@ def plot_summary(rows, truth_row, out: pathlib.Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
-    for i, r in enumerate(rows):
-        h = r["history"]
-        it = h["iteration"]
-        style = dict(color=f"C{i % 10}", lw=1, label=r["solver"])
-        axes[0].semilogy(it, h["loss"], **style)
-        axes[1].plot(it, [100 * s["acceptance"] for s in h["train"]], **style)
-        axes[2].plot(it, [s["mean_substeps"] for s in h["train"]], **style)
-    axes[0].set_ylabel("training MSE")
-    axes[1].set_ylabel("accepted A2 (%)")
-    axes[2].set_ylabel("mean substeps")
-    axes[2].set_xlabel("L-BFGS iteration")
-    axes[0].legend(fontsize=7, ncol=3)
-    fig.subplots_adjust(left=0.12, right=0.98, bottom=0.06, top=0.98, hspace=0.08)
-    fig.savefig(out / "training_curves.png", dpi=100)
-    plt.close(fig)
+    trained = [(i, r) for i, r in enumerate(rows) if r["history"] is not None]
+    if trained:  # (the authors' models have no training history here)
+        fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
+        for i, r in trained:
+            h = r["history"]
+            it = h["iteration"]
+            style = dict(color=f"C{i % 10}", lw=1, label=r["solver"])
+            axes[0].semilogy(it, h["loss"], **style)
+            axes[1].plot(it, [100 * s["acceptance"] for s in h["train"]], **style)
+            axes[2].plot(it, [s["mean_substeps"] for s in h["train"]], **style)
+        axes[0].set_ylabel("training MSE")
+        axes[1].set_ylabel("accepted A2 (%)")
+        axes[2].set_ylabel("mean substeps")
+        axes[2].set_xlabel("L-BFGS iteration")
+        axes[0].legend(fontsize=7, ncol=3)
+        fig.subplots_adjust(left=0.12, right=0.98, bottom=0.06, top=0.98, hspace=0.08)
+        fig.savefig(out / "training_curves.png", dpi=100)
+        plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(9, 4))
     ax.boxplot([r["vpt_all"] for r in rows])
@@ -590,7 +716,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = LorenzConfig()
     parser.add_argument(
-        "--solvers", default=",".join(SOLVERS), help=f"comma-separated, from {SOLVERS}"
+        "--solvers",
+        default=",".join(SOLVERS),
+        help=f"comma-separated, from {SOLVERS}; 'none' trains nothing",
+    )
+    parser.add_argument(
+        "--authors-models",
+        default=None,
+        metavar="DIR",
+        help="also evaluate the study's trained models in DIR "
+        f"({', '.join(f for f, _ in AUTHORS.values())}) as rows {tuple(AUTHORS)}",
     )
     for name in (
         "iterations", "seed", "num_ics", "horizon", "long_steps", "lyap_steps",
@@ -609,26 +744,47 @@ def main(argv=None):
     parser.add_argument("--no-figures", action="store_true")
     parser.add_argument("--out", default="results/lorenz63")
     args = parser.parse_args(argv)
-    names = args.solvers.split(",")
+    names = [] if args.solvers in ("", "none") else args.solvers.split(",")
     for name in names:
         if name not in SOLVERS:
             parser.error(f"unknown solver {name!r}; expected one of {SOLVERS}")
+    authors_dir = None
+    if args.authors_models is not None:
+        authors_dir = pathlib.Path(args.authors_models)
+        for file, _ in AUTHORS.values():
+            if not (authors_dir / file).is_file():
+                parser.error(f"--authors-models: {authors_dir / file} is missing")
+    if not names and authors_dir is None:
+        parser.error("nothing to do: --solvers none without --authors-models")
     out = pathlib.Path(args.out)
     rows, memo = [], {}
 
-    def refs():  # computed once, when a model is first evaluated
-        if not memo:
-            train_x, test_x, _ = load_data(cfg, args.data_dir, out / "cache")
-            memo["refs"] = references(cfg, train_x, test_x, out / "cache")
-        return memo["refs"]
-
-    for name in names:
-        cfg = LorenzConfig(
-            solver=name, iterations=args.iterations, seed=args.seed,
+    def make_cfg(name, iterations):
+        return LorenzConfig(
+            solver=name, iterations=iterations, seed=args.seed,
             num_ics=args.num_ics, horizon=args.horizon, long_steps=args.long_steps,
             lyap_steps=args.lyap_steps, n_points=args.n_points, hidden=args.hidden,
             threshold=args.threshold, data=args.data,
         )  # fmt: skip
+
+    def refs():  # computed once, when a model is first evaluated (solver-free)
+        if not memo:
+            cfg = make_cfg(SOLVERS[0], args.iterations)
+            train_x, test_x, _ = load_data(cfg, args.data_dir, out / "cache")
+            memo["refs"] = references(cfg, train_x, test_x, out / "cache")
+        return memo["refs"]
+
+    # The study's own models first: the reference rows (evaluated, not trained).
+    for name, (file, _) in AUTHORS.items() if authors_dir is not None else ():
+        print(f"\n{name}:")
+        rows.append(
+            run_authors(
+                make_cfg(name, 0), authors_dir / file, out / name,
+                data_dir=args.data_dir, refs=refs, figures=not args.no_figures,
+            )
+        )  # fmt: skip
+    for name in names:
+        cfg = make_cfg(name, args.iterations)
         print(f"\n{name}:")
         rows.append(
             run(
@@ -654,7 +810,13 @@ def main(argv=None):
         )
         for r in rows
     ]  # fmt: skip
-    print(f"\nLorenz'63, {args.iterations} L-BFGS iterations, seed {args.seed}:")
+    if names:
+        print(f"\nLorenz'63, {args.iterations} L-BFGS iterations, seed {args.seed}:")
+    else:
+        print("\nLorenz'63:")
+    if authors_dir is not None:
+        print(f"(authors-*: the study's trained models from {authors_dir}, not trained")
+        print(" here; train columns: their loss and steps under the training rule)")
     print_table(
         table,
         [
