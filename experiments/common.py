@@ -345,10 +345,13 @@ def evaluate(
         )
     groups = max(1, chunk // batch_size)
 
+    # A training-mode solve with `first_step_jitter` draws its first step: a fixed key.
+    key = jax.random.PRNGKey(0) if batch_statistics else None
+
     @eqx.filter_jit
     def predict(model, state, xb):
         def one(xg):
-            logits, _, stats = model(xg, state)
+            logits, _, stats = model(xg, state, key=key)
             nfe = jnp.broadcast_to(stats.num_fn_evals, (xg.shape[0],))
             return jnp.argmax(logits, -1), nfe
 

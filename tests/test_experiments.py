@@ -208,9 +208,11 @@ def test_tabn_ablations_smoke(tmp_path):
 
 
 def test_evaluate_with_batch_statistics_ignores_running_statistics():
-    """`evaluate(..., batch_statistics=True)` normalises with each test batch's own
-    statistics (dropout off): its predictions are those of a training-mode forward
-    pass of each batch, and do not depend on the running statistics."""
+    """`evaluate(..., batch_statistics=True)` normalises the vector field with each
+    test batch's own statistics and keeps the head's normalisation on its running
+    statistics (dropout off): its predictions are those of a training-mode solve of
+    each batch through an inference-mode head, and do not depend on the field's
+    running statistics."""
     import equinox as eqx
     import jax.numpy as jnp
     import numpy as np
@@ -224,10 +226,24 @@ def test_evaluate_with_batch_statistics_ignores_running_statistics():
         model, state, x, y, 8, batch_statistics=True, return_predictions=True
     )
     assert pred.shape == (24,) and nfe > 0
-    train_mode = eqx.tree_at(lambda m: m.dropout.inference, model, True)
-    expected = [jnp.argmax(train_mode(jnp.asarray(x[i : i + 8]), state)[0], -1)
-                for i in range(0, 24, 8)]  # fmt: skip
+    ode = eqx.nn.inference_mode(model.ode, value=False)  # joint, batch statistics
+
+    def by_hand(xb):
+        ys, _, _ = ode(jnp.asarray(xb), state)
+        feats, _ = model.head_norm(0.0, ys.reshape(len(xb), -1), state, inference=True)
+        return jnp.argmax(feats @ model.linear.weight.T + model.linear.bias, -1)
+
+    expected = [by_hand(x[i : i + 8]) for i in range(0, 24, 8)]
     np.testing.assert_array_equal(pred, np.concatenate(expected))
+    # The head reads its running statistics: shifting them changes the predictions.
+    hm, hv = state.get(model.head_norm.state_index)
+    head_shifted = td.clone_state(state).set(
+        model.head_norm.state_index, (hm + 3.0 * jnp.sign(jnp.sin(hm + 1)), hv * 4)
+    )
+    _, _, pred_head = evaluate(
+        model, head_shifted, x, y, 8, batch_statistics=True, return_predictions=True
+    )
+    assert not np.array_equal(pred, pred_head)
     # Shifted running statistics change inference-mode predictions, not these.
     norm = model.ode.field.norms[0]
     mean, var = state.get(norm.state_index)
@@ -249,3 +265,20 @@ def test_tabn_ablations_all_studies(tmp_path):
     assert {(r["norm"], r["solver"]) for r in res["solver"]} == {
         ("tabn", "euler"), ("tabn", "dopri5"), ("none", "euler"), ("none", "dopri5")
     }  # fmt: skip
+
+
+def test_evaluate_a_classifier_trained_with_first_step_jitter():
+    """A model whose training solves jitter their first step evaluates in both
+    modes (the batch-statistics solve is a training-mode solve: it gets a fixed key)."""
+    import numpy as np
+    from common import build_classifier, ClassifierConfig, evaluate
+
+    cfg = ClassifierConfig(hidden=8, num_intervals=4, first_step_jitter=1.0)
+    model, state = build_classifier(cfg, (6, 6, 1), 3, jax.random.PRNGKey(0))
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (16, 6, 6, 1)))
+    y = np.zeros(16, dtype=np.int32)
+    for batch_statistics in (False, True):
+        acc, nfe = evaluate(model, state, x, y, 8, batch_statistics=batch_statistics)
+        assert 0 <= acc <= 1 and nfe > 0
+    twice = [evaluate(model, state, x, y, 8, batch_statistics=True) for _ in range(2)]
+    assert twice[0] == twice[1]
