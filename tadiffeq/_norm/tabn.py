@@ -215,10 +215,7 @@ class TABatchNorm(AbstractNorm):
     ) -> Float[Array, " points"]:
         """The grid weights of the inference read at time `t`: `grid.weights(t)`, or
         with coverage, the weights over the covered points only."""
-        if self.coverage_index is None:
-            return self.grid.weights(t)
-        remaining = jax.lax.stop_gradient(state.get(self.coverage_index))
-        return self.grid.covered_weights(t, self._covered(remaining))
+        return self._read(t, state)[0]
 
     def _covered(self, remaining: Array) -> Array:
         return (remaining <= 1.0 - self.min_coverage) & (remaining < 1.0)
@@ -243,20 +240,26 @@ class TABatchNorm(AbstractNorm):
         """The running mean and variance the inference read uses at time `t`
         (bias-corrected and over covered points only, with coverage). They carry no
         gradient."""
-        return self._statistics(self.read_weights(t, state), state)
+        return self._read(t, state)[1:]
 
-    def _statistics(self, w: Array, state: eqx.nn.State):
+    def _read(self, t: ArrayLike, state: eqx.nn.State):
+        """`(weights, mean, var)` of the inference read at time `t`."""
         running_mean, running_var = jax.lax.stop_gradient(state.get(self.state_index))
-        if self.coverage_index is not None:
-            # running = u init + (1 - u) estimate, so the estimate is
-            # running + u / (1 - u) (running - init); 0 where uncovered (unread).
+        if self.coverage_index is None:
+            w = self.grid.weights(t)
+        else:
             u = jax.lax.stop_gradient(state.get(self.coverage_index))
-            ratio = jnp.where(self._covered(u), u / jnp.where(u < 1.0, 1.0 - u, 1.0), 0)
+            covered = self._covered(u)
+            w = self.grid.covered_weights(t, covered)
+            # running = u init + (1 - u) estimate (init: 0 for the mean, 1 for the
+            # variance, as init_running_statistics), so the estimate is
+            # running + u / (1 - u) (running - init); 0 where uncovered (unread).
+            ratio = jnp.where(covered, u / jnp.where(u < 1.0, 1.0 - u, 1.0), 0)
             ratio = ratio[:, None]
             running_mean = running_mean + ratio * running_mean
             running_var = running_var + ratio * (running_var - 1.0)
-        w = w.astype(running_mean.dtype)
-        return w @ running_mean, w @ running_var
+        ws = w.astype(running_mean.dtype)
+        return w, ws @ running_mean, ws @ running_var
 
     def __call__(
         self,
@@ -268,9 +271,8 @@ class TABatchNorm(AbstractNorm):
     ) -> tuple[Float[Array, "batch *rest"], eqx.nn.State]:
         axis = self._axis(x)
         if self._is_inference(inference):
-            w = self.read_weights(t, state)
+            w, mean, var = self._read(t, state)
             gamma, beta = self._affine(w)
-            mean, var = self._statistics(w, state)
             return normalise(x, axis, mean, var, self.eps, gamma, beta), state
         w = self.grid.weights(t)
         gamma, beta = self._affine(w)
