@@ -85,10 +85,14 @@ def build_jax(
 
     def make(key):
         k1, k2 = jax.random.split(key)
+        # tadiffeq 0.1's fields and head, which torch_reference.py mirrors and the
+        # figures in docs/benchmarks.md were measured with.
         if model == "conv6":
-            field = td.ConvField(c, 6, norm=norm, norm_kwargs=nk, key=k1)
+            field = td.ConvField(
+                c, 6, norm=norm, norm_kwargs=nk, bare_last=True, key=k1
+            )
         elif model == "unet":
-            field = td.UNetField(c, norm=norm, norm_kwargs=nk, key=k1)
+            field = td.UNetField(c, norm=norm, norm_kwargs=nk, bare_last=True, key=k1)
         else:
             field = td.MLPField(h * w * c, (hidden,), norm=norm, norm_kwargs=nk, key=k1)
         if steps is None:
@@ -104,7 +108,10 @@ def build_jax(
             max_steps=max_steps,
             per_sample_inference=per_sample_inference,
         )
-        return td.UnmixedClassifier(node, (h, w, c), NUM_CLASSES, dropout=0.0, key=k2)
+        return td.UnmixedClassifier(
+            node, (h, w, c), NUM_CLASSES, dropout=0.0, head_statistics="features",
+            key=k2,
+        )  # fmt: skip
 
     return eqx.nn.make_with_state(make)(jax.random.PRNGKey(seed))
 

@@ -61,6 +61,14 @@ class ClassifierConfig:
     # Training solves multiply their first step by 2**(-a U): td.NeuralODE's
     # `first_step_jitter` (0: the solver's own first step every time).
     first_step_jitter: float = 0.0
+    # "authors": the TA-BN authors' conv fields (last conv with norm) and head (BN per
+    # channel); "0.1": tadiffeq 0.1's (bare last conv, head BN per flattened feature),
+    # which every run recorded before 2026-12-06 used. No effect on MLP fields.
+    architecture: str = "authors"
+
+
+#: Config values that checkpoints written before the key existed were trained with.
+LEGACY_CONFIG = {"architecture": "0.1"}
 
 
 SOLVERS: dict[str, Callable[[], dfx.AbstractSolver]] = {
@@ -86,9 +94,17 @@ def solver_setup(cfg: ClassifierConfig):
     return solver, ctrl, dt0, norm_kwargs
 
 
-def build_classifier(cfg: ClassifierConfig, image_shape, num_classes, key):
-    """`(model, state)` of the unmixed classifier described by `cfg`."""
+def build_classifier(
+    cfg: ClassifierConfig, image_shape, num_classes, key, *, widths=None
+):
+    """`(model, state)` of the unmixed classifier described by `cfg` (`widths`: a
+    U-Net's channels per level, default `td.UNetField`'s)."""
     solver, ctrl, dt0, norm_kwargs = solver_setup(cfg)
+    if cfg.architecture not in ("authors", "0.1"):
+        raise ValueError(
+            f"`architecture` must be 'authors' or '0.1', got {cfg.architecture!r}."
+        )
+    legacy = cfg.architecture == "0.1"
 
     def inner(channels, out_channels, key):
         h, w, c = image_shape
@@ -100,12 +116,16 @@ def build_classifier(cfg: ClassifierConfig, image_shape, num_classes, key):
         if cfg.field == "unet":
             if cfg.variant != "node":
                 raise ValueError(f"variant {cfg.variant!r} needs an mlp or conv field.")
-            return td.UNetField(c, norm=cfg.norm, norm_kwargs=norm_kwargs, key=key)
+            return td.UNetField(
+                c, *([] if widths is None else [widths]), norm=cfg.norm,
+                norm_kwargs=norm_kwargs, bare_last=legacy, key=key,
+            )  # fmt: skip
         if cfg.field.startswith("conv"):
             depth = int(cfg.field[4:])
             return td.ConvField(
                 channels, depth, out_channels=out_channels, norm=cfg.norm,
-                norm_kwargs=norm_kwargs, width=cfg.conv_width, key=key,
+                norm_kwargs=norm_kwargs, width=cfg.conv_width, bare_last=legacy,
+                key=key,
             )  # fmt: skip
         raise ValueError(f"Unknown field {cfg.field!r}.")
 
@@ -119,7 +139,10 @@ def build_classifier(cfg: ClassifierConfig, image_shape, num_classes, key):
             field, solver=solver, stepsize_controller=ctrl, dt0=dt0,
             first_step_jitter=cfg.first_step_jitter,
         )  # fmt: skip
-        return td.UnmixedClassifier(node, image_shape, num_classes, key=k2)
+        return td.UnmixedClassifier(
+            node, image_shape, num_classes, key=k2,
+            head_statistics="features" if legacy else "channels",
+        )  # fmt: skip
 
     return eqx.nn.make_with_state(build)(key)
 
@@ -237,9 +260,11 @@ def train_classifier(
     if ckpt is not None and (latest := ckpt.latest()) is not None:
         _, meta = latest
         # Keys added to the config since the checkpoint was written count as their
-        # defaults, and a missing data fingerprint as a match, so older checkpoints
-        # still resume. Checked before the arrays are read.
-        same_config = {**asdict(ClassifierConfig()), **meta["config"]} == asdict(cfg)
+        # defaults (or what those runs used, LEGACY_CONFIG), and a missing data
+        # fingerprint as a match, so older checkpoints still resume. Checked before
+        # the arrays are read.
+        saved = {**asdict(ClassifierConfig()), **LEGACY_CONFIG, **meta["config"]}
+        same_config = saved == asdict(cfg)
         if not same_config or meta.get("data", fingerprint) != fingerprint:
             raise ValueError(
                 f"{checkpoint_dir} holds a run of another configuration or other "

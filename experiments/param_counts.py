@@ -1,5 +1,5 @@
 """Parameter counts of the unmixed classifiers, with and without TA-BN's per-grid
-affine (the table in docs/models.md).
+affine, and with the other normalisations (the tables in docs/models.md).
 
     python experiments/param_counts.py [--num-intervals 100] [--seed 0]
 """
@@ -15,9 +15,15 @@ import tadiffeq as td
 FIELDS = ["conv4", "conv6", "conv8", "conv10", "conv12", "unet", "mlp"]
 
 
-def build(field: str, image_shape, num_classes: int, num_intervals: int, key):
+NORMS = ["none", "minibatch", "popti"]
+
+
+def build(
+    field: str, image_shape, num_classes: int, num_intervals: int, key, norm="tabn"
+):
     h, w, c = image_shape
-    kw = dict(norm="tabn", norm_kwargs=dict(num_intervals=num_intervals))
+    nk = dict(num_intervals=num_intervals) if norm == "tabn" else None
+    kw = dict(norm=norm, norm_kwargs=nk)
     k1, k2 = jax.random.split(key)
     if field == "unet":
         f = td.UNetField(c, key=k1, **kw)
@@ -34,12 +40,21 @@ def rows(num_intervals: int = 100, seed: int = 0):
     for field in FIELDS:
         shape = (28, 28, 1) if field == "mlp" else (32, 32, 3)
         model, _ = eqx.nn.make_with_state(build)(field, shape, 10, num_intervals, key)
+        others = {
+            norm: td.count_parameters(
+                eqx.nn.make_with_state(build)(
+                    field, shape, 10, num_intervals, key, norm
+                )[0]
+            )
+            for norm in NORMS
+        }
         out.append(
             dict(
                 field=field,
                 input="x".join(map(str, shape)),
                 with_grid=td.count_parameters(model),
                 without_grid=td.count_parameters(model, grid_affine=False),
+                **others,
             )
         )
     return out
@@ -58,6 +73,9 @@ def main(argv=None):
     for r in table:
         counts = f"{r['with_grid']:,} | {r['without_grid']:,}"
         print(f"| {r['field']} | {r['input']} | {counts} |")
+    print("\n| vector field | none | mini-batch BN | Pop-TI BN |\n|---|---:|---:|---:|")
+    for r in table:
+        print(f"| {r['field']} | " + " | ".join(f"{r[n]:,}" for n in NORMS) + " |")
     return table
 
 

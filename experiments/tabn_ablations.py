@@ -363,6 +363,11 @@ def main(argv=None):
         "--first-step-jitter", type=float, default=0.0,
         help="training solves' first step times 2**(-a U) (td.NeuralODE)",
     )  # fmt: skip
+    parser.add_argument(
+        "--architecture", default="authors", choices=["authors", "0.1"],
+        help="conv fields and head: the TA-BN authors' (default) or tadiffeq 0.1's "
+        "(bare last conv, head BN per feature; the runs recorded before 2026-12-06)",
+    )  # fmt: skip
     parser.add_argument("--train-limit", type=positive_int, default=None)
     parser.add_argument("--test-limit", type=positive_int, default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -380,7 +385,7 @@ def main(argv=None):
     base = ClassifierConfig(
         hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size,
         num_intervals=args.num_intervals, seed=args.seed,
-        first_step_jitter=args.first_step_jitter,
+        first_step_jitter=args.first_step_jitter, architecture=args.architecture,
     )  # fmt: skip
     out = pathlib.Path(args.out)
     results = {}

@@ -35,7 +35,6 @@ from dataclasses import asdict, dataclass
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-import equinox as eqx  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from common import (  # noqa: E402
@@ -43,7 +42,6 @@ from common import (  # noqa: E402
     ClassifierConfig,
     evaluate,
     positive_int,
-    solver_setup,
     SOLVERS,
     train_classifier,
     write_json,
@@ -112,22 +110,9 @@ def parse_widths(widths: str) -> tuple[int, ...]:
 
 
 def build_image_classifier(cfg: ImageConfig, image_shape, num_classes, key):
-    """`(model, state)`: the unmixed classifier with a U-Net field of `cfg.widths`
-    (other fields as `common.build_classifier`)."""
-    if cfg.field != "unet":
-        return build_classifier(cfg, image_shape, num_classes, key)
-    widths = parse_widths(cfg.widths)
-    solver, ctrl, dt0, norm_kwargs = solver_setup(cfg)
-
-    def build(key):
-        k1, k2 = jax.random.split(key)
-        field = td.UNetField(
-            image_shape[-1], widths, norm=cfg.norm, norm_kwargs=norm_kwargs, key=k1
-        )
-        node = td.NeuralODE(field, solver=solver, stepsize_controller=ctrl, dt0=dt0)
-        return td.UnmixedClassifier(node, image_shape, num_classes, key=k2)
-
-    return eqx.nn.make_with_state(build)(key)
+    """`(model, state)`: `common.build_classifier` with a U-Net of `cfg.widths`."""
+    widths = parse_widths(cfg.widths) if cfg.field == "unet" else None
+    return build_classifier(cfg, image_shape, num_classes, key, widths=widths)
 
 
 def pad_images(data, multiple: int, fill: np.ndarray):

@@ -102,9 +102,11 @@ def test_param_counts_smoke(capsys):
     table = param_counts.main(["--num-intervals", "10"])
     by = {r["field"]: r for r in table}
     assert set(by) == set(param_counts.FIELDS)
-    assert by["unet"]["without_grid"] == 2_196_328  # the paper's "2.2M"
-    # Grid affine adds 2 * M * C per TA-BN layer (M = 10 here).
-    spec = [cout for _, cout, _ in __import__("tadiffeq").conv_field_spec(3, 6)[:-1]]
+    assert by["unet"]["without_grid"] == 2_190_196  # the paper's "2.2M"
+    assert by["unet"]["popti"] == by["unet"]["minibatch"] == 2_190_196
+    assert by["unet"]["none"] == 2_186_926
+    # Grid affine adds 2 * M * C per TA-BN layer (M = 10 here; every layer has one).
+    spec = [cout for _, cout, _ in __import__("tadiffeq").conv_field_spec(3, 6)]
     assert by["conv6"]["with_grid"] - by["conv6"]["without_grid"] == 2 * 10 * sum(spec)
     assert "| unet |" in capsys.readouterr().out
 
@@ -282,3 +284,24 @@ def test_evaluate_a_classifier_trained_with_first_step_jitter():
         assert 0 <= acc <= 1 and nfe > 0
     twice = [evaluate(model, state, x, y, 8, batch_statistics=True) for _ in range(2)]
     assert twice[0] == twice[1]
+
+
+def test_classifier_architecture_authors_or_legacy():
+    """`ClassifierConfig.architecture`: the authors' conv field and head by default,
+    tadiffeq 0.1's with "0.1" (what the runs recorded before it used), checked."""
+    from common import build_classifier, ClassifierConfig, LEGACY_CONFIG
+
+    def build(architecture):
+        cfg = ClassifierConfig(
+            field="conv4", conv_width=2, norm="popti", architecture=architecture
+        )
+        return build_classifier(cfg, (8, 8, 1), 3, jax.random.PRNGKey(0))[0]
+
+    authors, legacy = build("authors"), build("0.1")
+    assert authors.ode.field.blocks[-1].norm is not None
+    assert authors.head_norm.num_features == 1  # per channel of the 8x8x1 output
+    assert legacy.ode.field.blocks[-1].norm is None
+    assert legacy.head_norm.num_features == 64  # per flattened feature
+    assert LEGACY_CONFIG["architecture"] == "0.1"
+    with pytest.raises(ValueError, match="architecture"):
+        build("2.0")

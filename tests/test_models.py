@@ -22,11 +22,15 @@ def test_conv_field_layers_and_shapes(depth, getkey):
     assert [
         (b.conv.in_channels, b.conv.out_channels, b.conv.mode) for b in field.blocks
     ] == spec
-    # Every layer but the last has a normalisation; the last is a bare conv.
-    assert all(b.norm is not None and b.activation for b in field.blocks[:-1])
-    assert field.blocks[-1].norm is None and not field.blocks[-1].activation
-    n_norm = sum(2 * cout for _, cout, _ in spec[:-1])
+    # Every layer, the last included, is conv -> norm -> ReLU (the authors' field).
+    assert all(b.norm is not None and b.activation for b in field.blocks)
+    n_norm = sum(2 * cout for _, cout, _ in spec)
     assert td.count_parameters(field) == _conv_params(spec) + n_norm
+    # tadiffeq 0.1's field: the last layer a bare conv.
+    bare = td.ConvField(3, depth, norm="popti", bare_last=True, key=getkey())
+    assert all(b.norm is not None and b.activation for b in bare.blocks[:-1])
+    assert bare.blocks[-1].norm is None and not bare.blocks[-1].activation
+    assert td.count_parameters(bare) == _conv_params(spec) + n_norm - 2 * 3
     y = jax.random.normal(getkey(), (2, 16, 16, 3))
     dy, _ = field(0.5, y, state)
     assert dy.shape == y.shape
@@ -59,7 +63,11 @@ def test_unet_has_18_convs_and_skip_connections(getkey):
     # The first decoder conv of each level sees the up-sampled map and the skip.
     assert [lvl[1].conv.in_channels for lvl in field.up] == [256, 128, 64]
     assert [lvl[0].conv.mode for lvl in field.up] == ["up"] * 3
-    assert field.final.conv.out_channels == 3 and field.final.norm is None
+    # The final conv has a normalisation and no ReLU (the authors' UNetFinal).
+    assert field.final.conv.out_channels == 3
+    assert field.final.norm is not None and not field.final.activation
+    bare = td.UNetField(3, norm="popti", bare_last=True, key=getkey())
+    assert bare.final.norm is None and not bare.final.activation
     y = jax.random.normal(getkey(), (2, 16, 16, 3))
     dy, _ = field(0.1, y, state)
     assert dy.shape == y.shape
@@ -78,8 +86,49 @@ def test_unmixed_unet_classifier_parameter_count(getkey):
     without = td.count_parameters(model, grid_affine=False)
     with_grid = td.count_parameters(model)
     assert 2.15e6 < without < 2.25e6
-    channels = 2 * (32 + 64 + 128 + 256) + (128 * 3 + 64 * 3 + 32 * 3)
+    channels = 2 * (32 + 64 + 128 + 256) + (128 * 3 + 64 * 3 + 32 * 3) + 3
     assert with_grid - without == 2 * 100 * channels
+
+
+# The authors' models (shelljane/tabn-neuralode, net.py and norm.py: CIFAR-10,
+# 3x32x32, 10 classes), their parameter counts by normalisation, derived from their
+# layer definitions (PyTorch conv and linear biases included; BatchNorm2d(3) head;
+# TA-BN with 100 grid points, mini-batch and Pop-TI BN one affine per layer).
+AUTHORS_COUNTS = {
+    "conv4": (70_638, 70_900, 96_838),
+    "conv6": (220_014, 220_660, 284_614),
+    "conv8": (813_678, 815_092, 955_078),
+    "conv10": (1_998_446, 2_000_884, 2_242_246),
+    "conv12": (3_183_214, 3_186_676, 3_529_414),
+    "unet": (2_186_926, 2_190_196, 2_513_926),
+}
+
+
+@pytest.mark.parametrize("field", sorted(AUTHORS_COUNTS))
+def test_parameter_counts_match_the_authors_models(field, getkey):
+    def build(norm, key):
+        k1, k2 = jax.random.split(key)
+        if field == "unet":
+            f = td.UNetField(3, norm=norm, key=k1)
+        else:
+            f = td.ConvField(3, int(field[4:]), norm=norm, key=k1)
+        return td.UnmixedClassifier(td.NeuralODE(f), (32, 32, 3), 10, key=k2)
+
+    none, minibatch_popti, tabn = AUTHORS_COUNTS[field]
+    counts = {
+        norm: td.count_parameters(eqx.nn.make_with_state(build)(norm, getkey())[0])
+        for norm in ("none", "minibatch", "popti")
+    }
+    assert counts == {
+        "none": none,
+        "minibatch": minibatch_popti,
+        "popti": minibatch_popti,
+    }
+    # TA-BN: the library's grid has M + 1 = 101 points (both ends) where the
+    # authors' has 100 (0, 0.01, ..., 0.99): one more affine pair per channel.
+    model, _ = eqx.nn.make_with_state(build)("tabn", getkey())
+    channels = sum(n.num_features for n in td.norm_layers(model.ode))
+    assert td.count_parameters(model) == tabn + 2 * channels
 
 
 def test_mlp_field_time_concatenation(getkey):
@@ -256,3 +305,30 @@ def test_classifier_head_dtype(getkey):
         assert logits.dtype == model.linear.weight.dtype == jnp.float64
         stats = state.get(model.head_norm.state_index)
         assert {s.dtype for s in stats} == {jnp.dtype("float64")}
+
+
+def test_classifier_head_statistics_per_channel_or_feature(getkey):
+    def build(head_statistics, key):
+        k1, k2 = jax.random.split(key)
+        node = td.NeuralODE(td.ConvField(2, 4, width=4, norm="none", key=k1))
+        return td.UnmixedClassifier(
+            node, (8, 8, 2), 3, head_statistics=head_statistics, key=k2
+        )
+
+    x = jax.random.normal(getkey(), (5, 8, 8, 2)) * 3 + 1
+    (chan, s_chan), (feat, s_feat) = (
+        eqx.nn.make_with_state(build)(h, jax.random.PRNGKey(0))
+        for h in ("channels", "features")
+    )
+    assert chan.head_norm.num_features == 2 and feat.head_norm.num_features == 128
+    assert chan.num_features == feat.num_features == 128
+    _, s_chan, _ = chan(x, s_chan, key=getkey())
+    _, s_feat, _ = feat(x, s_feat, key=getkey())
+    # The per-channel running mean is the mean of the per-feature ones (same ODE).
+    m_chan, _ = s_chan.get(chan.head_norm.state_index)
+    m_feat, _ = s_feat.get(feat.head_norm.state_index)
+    np.testing.assert_allclose(
+        m_chan, np.asarray(m_feat).reshape(64, 2).mean(0), rtol=1e-5, atol=1e-6
+    )
+    with pytest.raises(ValueError, match="head_statistics"):
+        build("pixels", getkey())

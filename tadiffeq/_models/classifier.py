@@ -16,8 +16,11 @@ class UnmixedClassifier(eqx.Module):
 
     The "unmixed" model of Zheng et al. (2024): no convolutional stem or pooling
     before or after the ODE, so all the capacity is in the vector field. The head's
-    BatchNorm is a standard BN over the flattened ODE output (running statistics,
-    time independent), whatever normalisation the vector field uses.
+    BatchNorm is a standard BN (running statistics, time independent), whatever
+    normalisation the vector field uses: by default per channel of the ODE output
+    (the last axis of the field's readout), as the authors' `BatchNorm2d(C)` after
+    the ODE; `head_statistics="features"` normalises every flattened feature on its
+    own instead (tadiffeq 0.1). For an MLP field the two are the same.
 
     **Arguments:**
 
@@ -26,6 +29,7 @@ class UnmixedClassifier(eqx.Module):
     - `image_shape`: `(height, width, channels)` of one image.
     - `num_classes`: number of classes.
     - `dropout`: dropout rate before the linear layer (default `0.5`).
+    - `head_statistics`: `"channels"` (default) or `"features"`, above.
     - `channels_first`: the images come as `(batch, channels, height, width)`
       (PyTorch layout) instead of the default `(batch, height, width, channels)`;
       they are transposed internally.
@@ -42,6 +46,7 @@ class UnmixedClassifier(eqx.Module):
     linear: eqx.nn.Linear
     image_shape: tuple[int, int, int] = eqx.field(static=True)
     channels_first: bool = eqx.field(static=True)
+    head_statistics: str = eqx.field(static=True)
 
     def __init__(
         self,
@@ -50,6 +55,7 @@ class UnmixedClassifier(eqx.Module):
         num_classes: int,
         *,
         dropout: float = 0.5,
+        head_statistics: str = "channels",
         channels_first: bool = False,
         key: PRNGKeyArray,
         dtype=None,
@@ -73,10 +79,19 @@ class UnmixedClassifier(eqx.Module):
         lift = getattr(ode.field, "lift", None)
         x = jax.ShapeDtypeStruct((2, *image_shape), jnp.float32)
         y = jax.eval_shape(lambda x: x if lift is None else lift(x), x)
+        if head_statistics not in ("channels", "features"):
+            raise ValueError(
+                "`head_statistics` must be 'channels' or 'features', got "
+                f"{head_statistics!r}."
+            )
         readout = getattr(ode.field, "readout", lambda y: y)
-        features = math.prod(jax.eval_shape(readout, y).shape[1:])
+        out_shape = jax.eval_shape(readout, y).shape[1:]
+        features = math.prod(out_shape)
         self.ode = ode
-        self.head_norm = PopTIBatchNorm(features, dtype=dtype)
+        self.head_norm = PopTIBatchNorm(
+            out_shape[-1] if head_statistics == "channels" else features, dtype=dtype
+        )
+        self.head_statistics = head_statistics
         self.dropout = eqx.nn.Dropout(dropout)
         self.linear = eqx.nn.Linear(features, num_classes, key=key, dtype=dtype)
         self.image_shape = image_shape
@@ -85,7 +100,7 @@ class UnmixedClassifier(eqx.Module):
     @property
     def num_features(self) -> int:
         """The size of the flattened ODE output fed to the head."""
-        return self.head_norm.num_features
+        return self.linear.in_features
 
     def __call__(
         self,
@@ -112,9 +127,10 @@ class UnmixedClassifier(eqx.Module):
         # stays `key` itself.
         ode_key = None if key is None else jax.random.fold_in(key, 1)
         y, state, stats = self.ode(x, state, key=ode_key)
-        feats = y.reshape(y.shape[0], -1)
-        feats, state = self.head_norm(0.0, feats, state)
-        feats = self.dropout(feats, key=key)
+        if self.head_statistics == "features":
+            y = y.reshape(y.shape[0], -1)
+        y, state = self.head_norm(0.0, y, state)
+        feats = self.dropout(y.reshape(y.shape[0], -1), key=key)
         logits = feats @ self.linear.weight.T.astype(feats.dtype)
         if self.linear.bias is not None:
             logits = logits + self.linear.bias.astype(feats.dtype)

@@ -13,8 +13,8 @@ from .field import AbstractVectorField
 
 
 class TimeConvBlock(eqx.Module):
-    """`TimeConv2d` -> normalisation -> ReLU, on channels-last batched maps. The last
-    layer of a field uses `norm=None, activation=False` (a bare conv)."""
+    """`TimeConv2d` -> normalisation (optional) -> ReLU (optional), on channels-last
+    batched maps."""
 
     conv: TimeConv2d
     norm: AbstractNorm | None
@@ -37,16 +37,17 @@ def _make_blocks(
     norm_kwargs: dict | None,
     key: PRNGKeyArray,
     dtype,
+    bare_last: bool,
 ) -> list[TimeConvBlock]:
     keys = jax.random.split(key, len(spec))
     blocks = []
     for i, ((cin, cout, mode), k) in enumerate(zip(spec, keys)):
-        last = i == len(spec) - 1
+        bare = bare_last and i == len(spec) - 1
         blocks.append(
             TimeConvBlock(
                 TimeConv2d(cin, cout, mode, key=k, dtype=dtype),
-                None if last else resolve_norm(norm, cout, norm_kwargs),
-                not last,
+                None if bare else resolve_norm(norm, cout, norm_kwargs),
+                not bare,
             )
         )
     return blocks
@@ -89,8 +90,10 @@ def conv_field_spec(
 
 class ConvField(AbstractVectorField):
     """The paper's vector field of `depth` time-conditioned 3x3 convolutions on
-    C-channel images (Zheng et al. 2024, Figs. 1 and 6): every layer but the last is
-    conv -> norm -> ReLU, the last a bare conv back to C channels. See
+    C-channel images (Zheng et al. 2024, Figs. 1 and 6): every layer, the last (back to
+    C channels) included, is conv -> norm -> ReLU, as in the authors' code
+    (`Conv2d4NODE` in their `net.py`; so dy/dt >= 0 elementwise). `bare_last=True`
+    makes the last layer a bare conv (tadiffeq 0.1's field). See
     [`tadiffeq.conv_field_spec`][] for the layers of each depth.
 
     The state `y` is channels-last, `(batch, height, width, channels)`; height and
@@ -108,6 +111,8 @@ class ConvField(AbstractVectorField):
     - `norm`: a name for [`tadiffeq.make_norm`][] (default `"tabn"`) or a callable
       `num_features -> AbstractNorm`.
     - `norm_kwargs`: keywords for `make_norm` (e.g. `t0`, `t1`, `num_intervals`).
+    - `bare_last`: the last layer without normalisation and ReLU (default `False`,
+      the authors' field).
     - `key`: a `jax.random` key.
     - `dtype`: parameter dtype (default float32).
     """
@@ -125,11 +130,12 @@ class ConvField(AbstractVectorField):
         norm: NormSpec = "tabn",
         norm_kwargs: dict | None = None,
         width: int = 32,
+        bare_last: bool = False,
         key: PRNGKeyArray,
         dtype=None,
     ):
         spec = conv_field_spec(channels, depth, out_channels, width)
-        self.blocks = _make_blocks(spec, norm, norm_kwargs, key, dtype)
+        self.blocks = _make_blocks(spec, norm, norm_kwargs, key, dtype, bare_last)
         self.channels = channels
         self.depth = depth
 

@@ -27,7 +27,9 @@ class UNetField(AbstractVectorField):
     `widths = (32, 64, 128, 256)` channels, 2x2 max-pooling between levels. Decoder,
     per level going up: a stride-2 transposed conv (-> norm -> ReLU) halving the
     channels, concatenation with the encoder's skip connection, two conv layers. A
-    final bare conv maps 32 -> C. 2 * 4 + 3 * 3 + 1 = 18 convolutions.
+    final conv -> norm (no ReLU, as the authors' `UNetFinal`) maps 32 -> C;
+    `bare_last=True` drops its normalisation (tadiffeq 0.1's field).
+    2 * 4 + 3 * 3 + 1 = 18 convolutions.
 
     The state is channels-last `(batch, height, width, C)`, height and width divisible
     by 8.
@@ -38,6 +40,7 @@ class UNetField(AbstractVectorField):
     - `widths`: channels per level (default `(32, 64, 128, 256)`).
     - `out_channels`: channels of dy/dt (default C).
     - `norm`, `norm_kwargs`: as for [`tadiffeq.ConvField`][].
+    - `bare_last`: the final conv without normalisation (default `False`).
     - `key`: a `jax.random` key.
     - `dtype`: parameter dtype (default float32).
     """
@@ -55,6 +58,7 @@ class UNetField(AbstractVectorField):
         out_channels: int | None = None,
         norm: NormSpec = "tabn",
         norm_kwargs: dict | None = None,
+        bare_last: bool = False,
         key: PRNGKeyArray,
         dtype=None,
     ):
@@ -82,15 +86,10 @@ class UNetField(AbstractVectorField):
             )  # fmt: skip
         self.down = down
         self.up = up
+        out = channels if out_channels is None else out_channels
         self.final = TimeConvBlock(
-            TimeConv2d(
-                widths[0],
-                channels if out_channels is None else out_channels,
-                "same",
-                key=next(keys),
-                dtype=dtype,
-            ),
-            None,
+            TimeConv2d(widths[0], out, "same", key=next(keys), dtype=dtype),
+            None if bare_last else resolve_norm(norm, out, norm_kwargs),
             False,
         )
         self.channels = channels
