@@ -168,3 +168,16 @@ def test_unsupported_solver_errors():
         td.StatefulSolver(dfx.Kvaerno5())
     with pytest.raises(TypeError, match="`solver`"):
         td.NeuralODE(lambda t, y, s: (y, s), solver=dfx.ReversibleHeun())
+
+
+def test_diffrax_private_name_is_still_there():
+    """tadiffeq/_diffrax_private.py imports diffrax's private `AdjointTerm` (the term
+    of BacksolveAdjoint's backward solve); this fails with the fix if diffrax moves
+    it."""
+    import diffrax._term
+
+    assert isinstance(getattr(diffrax._term, "AdjointTerm", None), type), (
+        f"diffrax {dfx.__version__} has no `diffrax._term.AdjointTerm`: update "
+        "tadiffeq/_diffrax_private.py and the diffrax pin in pyproject.toml."
+    )
+    assert issubclass(diffrax._term.AdjointTerm, dfx.AbstractTerm)

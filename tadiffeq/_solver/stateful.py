@@ -36,13 +36,8 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, PyTree
 
+from .._diffrax_private import AdjointTerm
 from .observers import AbstractStepObserver, StepInfo
-
-
-try:  # The adjoint ODE's term of BacksolveAdjoint (not exported by diffrax).
-    from diffrax._term import AdjointTerm as _AdjointTerm
-except ImportError:  # pragma: no cover
-    _AdjointTerm = ()
 
 
 def clone_state(state: eqx.nn.State) -> eqx.nn.State:
@@ -93,7 +88,7 @@ def _find_stateful(terms) -> tuple[StatefulField | None, Any]:
 
 def _is_adjoint(terms) -> bool:
     """Whether `terms` is the backward (adjoint) ODE of `BacksolveAdjoint`."""
-    return isinstance(_unwrap(terms)[0], _AdjointTerm)
+    return isinstance(_unwrap(terms)[0], AdjointTerm)
 
 
 class _Tableau(eqx.Module):
