@@ -32,6 +32,9 @@ class SolveStats(eqx.Module):
       local regularizer's step); the training solve's total is the sum of the two.
     - `regularization`: the regularizer's value (0 without one), differentiable: add
       it, weighted, to the loss.
+    - `num_nonfinite_statistics`: running-statistic entries that this (training)
+      solve made non-finite and that were kept at their previous values (only with
+      `NeuralODE(nonfinite_statistics="keep_previous")`; 0 otherwise).
     """
 
     num_steps: Int[Array, "*batch"]
@@ -40,9 +43,17 @@ class SolveStats(eqx.Module):
     num_fn_evals: Int[Array, "*batch"]
     num_regularizer_evals: Int[Array, "*batch"]
     regularization: Float[Array, "*batch"]
+    num_nonfinite_statistics: Int[Array, "*batch"]
 
     @classmethod
-    def of(cls, sol: dfx.Solution, num_fn_evals, regularization, num_regularizer_evals):
+    def of(
+        cls,
+        sol: dfx.Solution,
+        num_fn_evals,
+        regularization,
+        num_regularizer_evals,
+        num_nonfinite_statistics=0,
+    ):
         """The stats of a diffrax solution, with the evaluation counts and the
         regularization computed by the caller."""
         num_steps = sol.stats["num_steps"]
@@ -53,6 +64,9 @@ class SolveStats(eqx.Module):
             num_fn_evals=jnp.asarray(num_fn_evals, num_steps.dtype),
             num_regularizer_evals=jnp.asarray(num_regularizer_evals, num_steps.dtype),
             regularization=jnp.asarray(regularization),
+            num_nonfinite_statistics=jnp.asarray(
+                num_nonfinite_statistics, num_steps.dtype
+            ),
         )
 
 
@@ -123,6 +137,13 @@ class NeuralODE(eqx.Module):
       (then required), so the solver's step times differ from batch to batch and
       the evaluations of training cover a TA-BN grid (see docs/results.md, "TA-BN
       coverage"). Default `0.0` (deterministic steps); inference is never jittered.
+    - `nonfinite_statistics`: what a training solve does when a batch statistic is
+      not finite (an overflowing activation, a NaN input), which would otherwise
+      poison the running statistics for good: `"error"` (default) raises at run
+      time, so the non-finite statistics never reach the caller's state;
+      `"keep_previous"` keeps every running-statistic entry the solve made
+      non-finite at its value before the solve and counts them in
+      `SolveStats.num_nonfinite_statistics`.
     - `inference`: start in inference mode (default `False`).
     """
 
@@ -136,6 +157,7 @@ class NeuralODE(eqx.Module):
     max_steps: int = eqx.field(static=True)
     per_sample_inference: bool = eqx.field(static=True)
     first_step_jitter: float = eqx.field(static=True)
+    nonfinite_statistics: str = eqx.field(static=True)
     inference: bool
 
     def __init__(
@@ -151,6 +173,7 @@ class NeuralODE(eqx.Module):
         max_steps: int = 1000,
         per_sample_inference: bool | None = None,
         first_step_jitter: float = 0.0,
+        nonfinite_statistics: str = "error",
         inference: bool = False,
     ):
         if not callable(field):
@@ -239,6 +262,12 @@ class NeuralODE(eqx.Module):
                 f"{first_step_jitter}."
             )
         self.first_step_jitter = first_step_jitter
+        if nonfinite_statistics not in ("error", "keep_previous"):
+            raise ValueError(
+                "`nonfinite_statistics` must be 'error' or 'keep_previous', got "
+                f"{nonfinite_statistics!r}."
+            )
+        self.nonfinite_statistics = nonfinite_statistics
         self.inference = inference
 
     def __call__(
@@ -409,6 +438,18 @@ class NeuralODE(eqx.Module):
             ys = jtu.tree_map(lambda a: a[:-1], ys)
         _, new_state, observed = sol.solver_state
         new_state = jax.lax.stop_gradient(clone_state(new_state))
+        new_state, num_nonfinite = self._check_statistics(state, new_state)
+        if self.nonfinite_statistics == "error":
+            ys = eqx.error_if(
+                ys,
+                num_nonfinite > 0,
+                "A batch statistic of a normalisation layer was not finite in this "
+                "training solve (an input or an activation is NaN/inf or overflowed); "
+                "its running statistics would be poisoned for good. Check the batch, "
+                "or build the NeuralODE with nonfinite_statistics='keep_previous' to "
+                "keep the previous statistics and carry on.",
+            )
+            num_nonfinite = 0
         value, extra = jnp.zeros((), tdt), 0
         if regularizer is not None:
             result = SolveResult(plan=plan, y1=y_end, observed=observed, state=state)
@@ -416,5 +457,19 @@ class NeuralODE(eqx.Module):
         if plan.augment is not None:
             ys = ys[0]
         evals = solver.num_evaluations(sol.stats["num_steps"]) + num_heuristic
-        stats = SolveStats.of(sol, evals, value, extra)
+        stats = SolveStats.of(sol, evals, value, extra, num_nonfinite)
         return ys, new_state, stats
+
+    @staticmethod
+    def _check_statistics(old: eqx.nn.State, new: eqx.nn.State):
+        """`new` with every non-finite entry put back to its value in `old` (the
+        state before the solve), and how many there were."""
+        new_leaves, treedef = jax.tree.flatten(new)
+        kept, count = [], jnp.zeros((), jnp.int32)
+        for n, o in zip(new_leaves, jax.tree.leaves(old)):
+            if jnp.issubdtype(n.dtype, jnp.inexact):
+                finite = jnp.isfinite(n)
+                count = count + jnp.sum(~finite)
+                n = jnp.where(finite, n, o)
+            kept.append(n)
+        return jax.tree.unflatten(treedef, kept), count

@@ -293,3 +293,40 @@ def test_float32_state_stays_float32_with_x64_on(getkey):
         # A float64 state is solved in float64.
         y64, _, _ = node(x.astype(jnp.float64), state)
         assert y64.dtype == jnp.float64
+
+
+@pytest.mark.parametrize("norm", ["tabn", "popti"])
+def test_nonfinite_batch_statistics_never_enter_the_state(norm, getkey):
+    """A finite outlier whose square overflows float32 makes a batch variance inf; the
+    default raises, `keep_previous` keeps the previous statistics and counts them."""
+    x = jax.random.normal(getkey(), (16, 6)).at[0, 0].set(1e25)
+    node, state = _mlp_node(norm, getkey())
+    with pytest.raises(Exception, match="batch statistic .* was not finite"):
+        node(x, td.clone_state(state))
+    keep, state = _mlp_node(norm, getkey(), nonfinite_statistics="keep_previous")
+    before = jax.tree.leaves(td.clone_state(state))
+    _, after, stats = keep(x, td.clone_state(state))
+    assert int(stats.num_nonfinite_statistics) > 0
+    unchanged = 0
+    for a, b in zip(jax.tree.leaves(after), before):
+        assert np.all(np.isfinite(a))
+        unchanged += int(np.sum(np.asarray(a) == np.asarray(b)))
+    # The poisoned entries are back at their old values.
+    assert unchanged >= int(stats.num_nonfinite_statistics)
+    _, _, clean = keep(x[1:], after)
+    assert int(clean.num_nonfinite_statistics) == 0
+    with pytest.raises(ValueError, match="nonfinite_statistics"):
+        _mlp_node(norm, getkey(), nonfinite_statistics="ignore")
+
+
+def test_nan_input_with_a_fixed_step_solver_is_an_error(getkey):
+    node, state = _mlp_node(
+        "popti",
+        getkey(),
+        solver=dfx.Euler(),
+        stepsize_controller=dfx.ConstantStepSize(),
+        dt0=0.25,
+    )
+    x = jax.random.normal(getkey(), (8, 6)).at[3, 2].set(jnp.nan)
+    with pytest.raises(Exception, match="was not finite"):
+        node(x, state)
