@@ -1,10 +1,13 @@
 """Checkpoints of a training run: every array of (model, optimiser state,
 normalisation state, ...) via Equinox serialisation, plus JSON metadata."""
 
+import hashlib
+import io
 import json
 import os
 import pathlib
 import shutil
+import warnings
 from typing import Any
 
 import equinox as eqx
@@ -25,17 +28,26 @@ class Checkpointer:
     ```
 
     Each save writes `step_<n>/` (arrays by `eqx.tree_serialise_leaves`, metadata as
-    JSON) and then points `latest.json` at it with an atomic rename, so an
-    interrupted save leaves the previous checkpoint intact and arrays and metadata
-    always belong to the same step. The newest `keep` checkpoints are kept.
+    JSON with the arrays' SHA-256 and layout), flushes both to disk and then points
+    `latest.json` at it with an atomic rename, so an interrupted save leaves the
+    previous checkpoint intact and arrays and metadata always belong to the same
+    step. The newest `keep` checkpoints are kept.
+
+    Damage is survived, never silently: `restore` and `latest` read the checkpoint
+    `latest.json` names, and if that pointer is missing or unreadable, or the
+    checkpoint's metadata is unreadable or its arrays fail their checksum, the
+    newest intact checkpoint instead, with a warning saying what was wrong. With
+    checkpoint folders present but none intact they raise a `ValueError` listing the
+    problems (they never return `None` then, so a run is not restarted over its
+    finished work). A `like` of another structure is an error, not damage.
 
     Everything the run needs to continue exactly (including TA-BN's running
     statistics in the `eqx.nn.State`) must be in the saved pytree or the metadata.
     """
 
     def __init__(self, directory: str | os.PathLike, keep: int = 2):
-        if keep < 1:
-            raise ValueError(f"`keep` must be at least 1, got {keep}.")
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"`keep` must be an int of at least 1, got {keep!r}.")
         self.directory = pathlib.Path(directory)
         self.keep = keep
 
@@ -44,7 +56,8 @@ class Checkpointer:
         return self.directory / "latest.json"
 
     def exists(self) -> bool:
-        return self._latest.exists()
+        """Whether the directory holds a checkpoint (or its pointer)."""
+        return self._latest.exists() or bool(self._folders())
 
     def save(self, step: int, tree: PyTree, metadata: dict[str, Any] | None = None):
         """Writes `tree` (any pytree of arrays and static data) and `metadata`
@@ -60,17 +73,22 @@ class Checkpointer:
         tmp = self.directory / f"{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        eqx.tree_serialise_leaves(tmp / "arrays.eqx", tree)
-        meta = {"step": step, "metadata": metadata or {}, "leaves": _layout(tree)}
-        (tmp / "meta.json").write_text(json.dumps(meta))
+        with open(tmp / "arrays.eqx", "wb") as f:
+            writer = _HashingWriter(f)
+            eqx.tree_serialise_leaves(writer, tree)
+            _sync(f)
+        meta = {
+            "step": step, "metadata": metadata or {}, "leaves": _layout(tree),
+            "sha256": writer.hash.hexdigest(),
+        }  # fmt: skip
+        _write_synced(tmp / "meta.json", json.dumps(meta))
         os.replace(tmp, target)
         pointer = self.directory / "latest.json.tmp"
-        pointer.write_text(json.dumps({"checkpoint": name}))
+        _write_synced(pointer, json.dumps({"checkpoint": name}))
         os.replace(pointer, self._latest)  # the commit point
+        _sync_directory(self.directory)
         saved = sorted(
-            (_step_of(p.name), p.stat().st_mtime_ns, p)
-            for p in self.directory.glob("step_*")
-            if p.is_dir() and _step_of(p.name) is not None
+            (_step_of(p.name), p.stat().st_mtime_ns, p) for p in self._folders()
         )
         superseded = [p for s, _, p in saved if s == step and p.name != name]
         others = [p for s, _, p in saved if s != step]
@@ -78,41 +96,132 @@ class Checkpointer:
             shutil.rmtree(old, ignore_errors=True)
 
     def latest(self) -> tuple[int, dict[str, Any]] | None:
-        """`(step, metadata)` of the latest checkpoint without loading its arrays, or
-        `None` if there is no checkpoint."""
-        if not self.exists():
-            return None
-        name = json.loads(self._latest.read_text())["checkpoint"]
-        meta = json.loads((self.directory / name / "meta.json").read_text())
-        return meta["step"], meta["metadata"]
+        """`(step, metadata)` of the latest intact checkpoint without loading its
+        arrays, or `None` if there is no checkpoint."""
+        found = self._intact(read_arrays=False)
+        return None if found is None else (found[1]["step"], found[1]["metadata"])
 
     def restore(self, like: PyTree) -> tuple[int, PyTree, dict[str, Any]] | None:
-        """`(step, tree, metadata)` of the latest checkpoint, with `tree` shaped like
-        `like` (same structure, e.g. a freshly initialised run), or `None` if there is
-        no checkpoint."""
-        if not self.exists():
+        """`(step, tree, metadata)` of the latest intact checkpoint, with `tree`
+        shaped like `like` (same structure, e.g. a freshly initialised run), or
+        `None` if there is no checkpoint."""
+        found = self._intact(read_arrays=True)
+        if found is None:
             return None
-        name = json.loads(self._latest.read_text())["checkpoint"]
-        path = self.directory / name
-        meta = json.loads((path / "meta.json").read_text())
+        path, meta, data = found
         expected = _layout(like)
         saved = meta.get("leaves")  # absent in checkpoints of tadiffeq 0.1
         if saved is not None and saved != expected:
             raise ValueError(_mismatch(path, saved, expected, like))
-        with open(path / "arrays.eqx", "rb") as f:
-            try:
-                tree = eqx.tree_deserialise_leaves(f, like)
-            except Exception as e:
-                raise ValueError(
-                    f"Checkpoint {path} does not match the structure of `like` "
-                    f"({len(expected)} arrays): {type(e).__name__}: {e}. {_HINT}"
-                ) from e
-            if f.read(1):
-                raise ValueError(
-                    f"Checkpoint {path} holds more arrays than `like` "
-                    f"({len(expected)}); it was written for another model."
-                )
+        f = io.BytesIO(data)
+        try:
+            tree = eqx.tree_deserialise_leaves(f, like)
+        except Exception as e:
+            raise ValueError(
+                f"Checkpoint {path} does not match the structure of `like` "
+                f"({len(expected)} arrays): {type(e).__name__}: {e}. {_HINT}"
+            ) from e
+        if f.tell() != len(data):
+            raise ValueError(
+                f"Checkpoint {path} holds more arrays than `like` "
+                f"({len(expected)}); it was written for another model."
+            )
         return meta["step"], tree, meta["metadata"]
+
+    def _folders(self) -> list[pathlib.Path]:
+        if not self.directory.is_dir():
+            return []
+        return [
+            p
+            for p in self.directory.glob("step_*")
+            if p.is_dir() and _step_of(p.name) is not None
+        ]
+
+    def _intact(self, *, read_arrays: bool):
+        """The first intact checkpoint as `(folder, meta, arrays)` (the arrays' bytes,
+        checksum verified, with `read_arrays`; else `None`): the one `latest.json`
+        names, else the newest intact one (with a warning). `None` without any
+        checkpoint; a `ValueError` if there are checkpoint folders but none is
+        intact."""
+        problems, named = [], None
+        if self._latest.exists():
+            try:
+                named = json.loads(self._latest.read_text())["checkpoint"]
+            except (ValueError, KeyError, TypeError) as e:
+                problems.append(f"{self._latest} is unreadable ({e!r})")
+        folders = sorted(
+            self._folders(),
+            key=lambda p: (_step_of(p.name), p.stat().st_mtime_ns),
+            reverse=True,
+        )
+        if not folders and named is None and not problems:
+            return None
+        if named is None and not problems:
+            problems.append(f"{self._latest} is missing")
+        order = [p for p in folders if p.name == named]
+        if named is not None and not order:
+            problems.append(f"{self._latest} names {named!r}, which is missing")
+        order += [p for p in folders if p.name != named]
+        for path in order:
+            data = None
+            try:
+                meta = json.loads((path / "meta.json").read_text())
+                meta["step"], meta["metadata"]
+                if read_arrays:
+                    data = (path / "arrays.eqx").read_bytes()
+                    digest = meta.get("sha256")  # absent in tadiffeq 0.1's
+                    if (
+                        digest is not None
+                        and hashlib.sha256(data).hexdigest() != digest
+                    ):
+                        raise ValueError("its arrays fail their SHA-256 checksum")
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                problems.append(f"checkpoint {path} is damaged ({e})")
+                continue
+            if problems:
+                warnings.warn(
+                    "; ".join(problems) + f". Using {path} instead.", stacklevel=3
+                )
+            return path, meta, data
+        raise ValueError(
+            f"No intact checkpoint in {self.directory}: " + "; ".join(problems) + "."
+        )
+
+
+class _HashingWriter:
+    """A binary file wrapper that hashes what is written through it."""
+
+    def __init__(self, f):
+        self.f, self.hash = f, hashlib.sha256()
+
+    def write(self, b) -> int:
+        self.hash.update(b)
+        return self.f.write(b)
+
+
+def _sync(f) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _write_synced(path: pathlib.Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        _sync(f)
+
+
+def _sync_directory(path: pathlib.Path) -> None:
+    """Flushes a folder's entries (the renames) to disk, where the OS allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover (e.g. Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
 
 
 _HINT = (

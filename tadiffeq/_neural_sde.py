@@ -78,7 +78,8 @@ class NeuralSDE(eqx.Module):
     - `t0`, `t1`: the interval (default `[0, 1]`).
     - `dt0`: initial step (default: the drift heuristic); required, and the step,
       with a non-adaptive `stepsize_controller` such as `diffrax.ConstantStepSize()`.
-    - `brownian_tol`: the Brownian tree's resolution (default `(t1 - t0) / 2**12`).
+    - `brownian_tol`: the Brownian tree's resolution, in `[(t1 - t0) 2**-40, t1 - t0)`
+      (default `(t1 - t0) / 2**12`).
     - `max_steps`: default `4096`.
     """
 
@@ -142,9 +143,17 @@ class NeuralSDE(eqx.Module):
         self.t0 = t0
         self.t1 = t1
         self.dt0 = None if dt0 is None else float(dt0)
-        self.brownian_tol = (
-            (t1 - t0) / 2**12 if brownian_tol is None else float(brownian_tol)
-        )
+        if brownian_tol is None:
+            brownian_tol = (t1 - t0) / 2**12
+        brownian_tol = float(brownian_tol)
+        # Finer than 2**-40 of the interval the tree's depth exceeds what its
+        # float32 times resolve (a negative tolerance never terminates).
+        if not (t1 - t0) * 2.0**-40 <= brownian_tol < t1 - t0:
+            raise ValueError(
+                f"`brownian_tol` must be in [(t1 - t0) * 2**-40, t1 - t0) = "
+                f"[{(t1 - t0) * 2.0**-40:.3g}, {t1 - t0:.3g}), got {brownian_tol}."
+            )
+        self.brownian_tol = brownian_tol
         self.max_steps = max_steps
 
     @property

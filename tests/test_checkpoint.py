@@ -87,3 +87,78 @@ def test_checkpoint_resaving_a_step_is_atomic_too(tmp_path, monkeypatch):
     # One folder per step, the newest `keep` steps.
     dirs = [p for p in tmp_path.glob("step_*") if not p.name.endswith(".tmp")]
     assert sorted(module._step_of(p.name) for p in dirs) == [5, 6]
+
+
+def _three_steps(tmp_path):
+    ckpt = td.Checkpointer(tmp_path, keep=3)
+    for step in (1, 2, 3):
+        ckpt.save(step, {"w": jnp.full(3, float(step))}, {"step": step})
+    return ckpt, {"w": jnp.zeros(3)}
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _flip(path):
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # inside the last array's values
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "fault, restored",
+    [
+        (lambda d: _truncate(d / "step_3" / "arrays.eqx"), 2),
+        (lambda d: _flip(d / "step_3" / "arrays.eqx"), 2),
+        (lambda d: (d / "step_3" / "arrays.eqx").unlink(), 2),
+        (lambda d: _truncate(d / "step_3" / "meta.json"), 2),
+        (lambda d: (d / "latest.json").write_text(""), 3),
+        (lambda d: (d / "latest.json").unlink(), 3),
+        (lambda d: (d / "latest.json").write_text('{"checkpoint": "step_9"}'), 3),
+    ],
+    ids=["truncated", "flipped", "arrays-gone", "meta", "empty-pointer",
+         "no-pointer", "dangling-pointer"],
+)  # fmt: skip
+def test_checkpoint_faults_restore_the_newest_intact_with_a_warning(
+    tmp_path, fault, restored
+):
+    ckpt, like = _three_steps(tmp_path)
+    fault(tmp_path)
+    with pytest.warns(UserWarning, match=f"Using .*step_{restored} instead"):
+        step, tree, meta = ckpt.restore(like)
+    assert (step, meta) == (restored, {"step": restored})
+    np.testing.assert_array_equal(tree["w"], np.full(3, float(restored)))
+    assert ckpt.exists()
+    # Nothing was deleted.
+    assert {p.name for p in tmp_path.glob("step_*")} == {"step_1", "step_2", "step_3"}
+
+
+def test_checkpoint_with_nothing_intact_refuses_and_keeps_the_files(tmp_path):
+    ckpt, like = _three_steps(tmp_path)
+    for step in (1, 2, 3):
+        _flip(tmp_path / f"step_{step}" / "arrays.eqx")
+    (tmp_path / "latest.json").unlink()
+    with pytest.raises(
+        ValueError, match="No intact checkpoint.*latest.json is missing"
+    ):
+        ckpt.restore(like)
+    assert len(list(tmp_path.glob("step_*"))) == 3
+
+
+def test_checkpoint_like_of_another_structure_is_an_error_not_damage(tmp_path):
+    ckpt, _ = _three_steps(tmp_path)
+    with pytest.raises(ValueError, match="holds 1 arrays, fewer than the 2"):
+        ckpt.restore({"w": jnp.zeros(3), "x": jnp.zeros(2)})
+    with pytest.raises(ValueError, match=r"array 0 \(\['w'\]\) was saved with shape"):
+        ckpt.restore({"w": jnp.zeros(4)})
+    with pytest.raises(ValueError, match="holds 1 arrays, more than the 0"):
+        ckpt.restore({})
+
+
+def test_checkpoint_keep_is_checked_before_any_save(tmp_path):
+    # (The test suite's type-checking hook may answer first, with a TypeError.)
+    for keep in (1.5, True, "2"):
+        with pytest.raises((ValueError, TypeError), match="keep"):
+            td.Checkpointer(tmp_path / "run", keep=keep)
+    assert not (tmp_path / "run").exists()

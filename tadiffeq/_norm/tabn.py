@@ -76,6 +76,13 @@ class TABatchNorm(AbstractNorm):
     exactly (and the state layout of tadiffeq 0.1: checkpoints written before
     coverage existed load into such a layer). `coverage(state)` returns `c`.
 
+    Coverage makes inference read only what training saw; to make training see the
+    whole grid, train with `NeuralODE(..., first_step_jitter=1.0)` (and a `key` in
+    every training call): the solver's step times then move from batch to batch. In
+    `docs/results.md` (conv fields, M = 100) that covers every grid point, brings
+    the inference read within 0.5 point of batch statistics and inference solves to
+    the training NFE.
+
     Times outside [t0, t1] are clamped to the end points. `interpolation` selects the
     weights: `"linear"` (above, the default), `"nearest"` (all weight on the nearest
     point, the appendix's "euler" variant) or `"gaussian"` (Gaussian kernel smoothing
