@@ -65,6 +65,16 @@ def solve_options(args: argparse.Namespace) -> dict:
     )
 
 
+#: Benchmark names beyond `td.make_norm`'s: name -> (make_norm name, its keywords).
+NORM_ALIASES = {"tabn-paper": ("tabn", {"coverage_aware": False})}
+
+
+def norm_args(name: str) -> tuple[str, dict]:
+    """`(make_norm name, keywords)` of a benchmark's normalisation name
+    (`"tabn-paper"`: TA-BN with the paper's read, no coverage bookkeeping)."""
+    return NORM_ALIASES.get(name, (name, {}))
+
+
 def build_jax(
     model: str,
     *,
@@ -81,7 +91,8 @@ def build_jax(
     """`(classifier, state)`: tadiffeq's unmixed classifier for `model`, dopri5 with
     a PID controller (or `steps` constant steps), dropout 0 (for timing)."""
     h, w, c = IMAGE_SHAPES[model]
-    nk = dict(num_intervals=100)
+    norm, extra = norm_args(norm)
+    nk = dict(num_intervals=100, **extra)
 
     def make(key):
         k1, k2 = jax.random.split(key)

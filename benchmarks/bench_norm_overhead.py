@@ -40,7 +40,10 @@ def layers(args, model: str, batch: int) -> list[dict]:
     for norm in args.norms:
         mods = []
         for shape in LAYER_SHAPES[model]:
-            layer, state = eqx.nn.make_with_state(td.make_norm)(norm, shape[-1])
+            name, extra = C.norm_args(norm)
+            layer, state = eqx.nn.make_with_state(td.make_norm)(
+                name, shape[-1], **extra
+            )
             x = jax.random.normal(jax.random.PRNGKey(0), (batch, *shape))
             mods.append((layer, state, x))
         params, static = eqx.partition([m[0] for m in mods], eqx.is_inexact_array)
@@ -127,7 +130,10 @@ def run(args, model: str, batch: int, control: str) -> list[dict]:
 
 def main():
     p = C.base_parser(__doc__.splitlines()[0])
-    p.add_argument("--norms", nargs="+", default=["tabn", "minibatch", "none"])
+    p.add_argument(
+        "--norms", nargs="+", default=["tabn", "minibatch", "none"],
+        help="make_norm names, or tabn-paper (TA-BN without coverage bookkeeping)",
+    )  # fmt: skip
     p.add_argument("--control", nargs="+", default=["fixed", "adaptive"])
     p.add_argument("--steps", type=int, default=4, help="steps of the fixed mode")
     p.add_argument("--adjoint", default="checkpoint", choices=list(C.ADJOINTS))
