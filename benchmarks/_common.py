@@ -335,6 +335,7 @@ TABLES: dict[str, list[tuple[str, str]]] = {
     "inference_modes": [
         ("model", "model"),
         ("batch", "batch"),
+        ("norm", "norm"),
         ("mode", "inference"),
         ("nfe_mean", "NFE mean"),
         ("nfe_max", "NFE max"),

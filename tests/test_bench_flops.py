@@ -144,11 +144,31 @@ def test_bench_inference_modes_compares_the_two_modes_on_the_same_weights():
     import bench_inference_modes as B
 
     args = argparse.Namespace(
-        seed=0, rtol=1e-3, atol=1e-3, max_steps=100, hidden=8, repeats=1, warmup=1
-    )
+        seed=0, rtol=1e-3, atol=1e-3, max_steps=100, hidden=8, repeats=1, warmup=1,
+        norms=["tabn"], steps=None,
+    )  # fmt: skip
     joint, per_sample = B.run(args, "mlp", 3)
     assert (joint["mode"], per_sample["mode"]) == ("joint", "per-sample")
     assert joint["max_abs_logit_diff"] == 0.0 and joint["vs_joint"] == 1.0
     assert 0.0 < per_sample["max_abs_logit_diff"] < 1e-2
     assert per_sample["nfe_max"] >= per_sample["nfe_mean"] > 0
     assert per_sample["vs_joint"] == per_sample["median_s"] / joint["median_s"]
+
+
+def test_bench_inference_modes_times_tabn_with_and_without_coverage():
+    """With constant steps, TA-BN with the coverage read and with the paper's read
+    take the same evaluations, so their times compare the reads alone."""
+    import argparse
+
+    import bench_inference_modes as B
+
+    args = argparse.Namespace(
+        seed=0, rtol=1e-3, atol=1e-3, max_steps=100, hidden=8, repeats=1, warmup=1,
+        norms=["tabn", "tabn-paper"], steps=3,
+    )  # fmt: skip
+    rows = B.run(args, "mlp", 2)
+    assert [(r["norm"], r["mode"]) for r in rows] == [
+        (n, m) for n in ("tabn", "tabn-paper") for m in ("joint", "per-sample")
+    ]
+    # dopri5: the FSAL first evaluation, then 6 per step.
+    assert {r["nfe_max"] for r in rows} == {r["nfe_mean"] for r in rows} == {1 + 6 * 3}
