@@ -827,8 +827,55 @@ def main(argv=None):
             ("vpt_median", "VPT median"), ("lyap", "LLE"), ("tv", "hist TV"),
         ],
     )  # fmt: skip
-    write_json(out / f"lorenz63_seed{args.seed}.json", dict(truth=truth_row, rows=rows))
+    comparisons = paired_comparisons(rows)
+    if comparisons:
+        print("\nPaired over the same initial conditions (VPT, Lyapunov times):")
+        print_table(
+            comparisons,
+            [
+                ("a", "model"), ("b", "against"), ("mean_diff", "mean VPT diff"),
+                ("ci_low", "95% CI low"), ("ci_high", "95% CI high"),
+                ("longer", "share longer"), ("p", "p (sign-flip)"),
+            ],
+        )  # fmt: skip
+    write_json(
+        out / f"lorenz63_seed{args.seed}.json",
+        dict(truth=truth_row, rows=rows, paired=comparisons),
+    )
     return rows
+
+
+def paired_vpt(a, b, *, seed: int = 0, draws: int = 20_000) -> dict:
+    """Paired comparison of two models' VPTs over the same initial conditions: the
+    mean difference `a - b`, its 95% bootstrap interval, the share of initial
+    conditions where `a` lasts longer, and the two-sided p-value of a sign-flip
+    permutation test of the mean difference (`draws` random sign patterns, seeded)."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    rng = np.random.default_rng(seed)
+    boot = rng.choice(d, size=(draws, d.size)).mean(axis=1)
+    flips = rng.choice([-1.0, 1.0], size=(draws, d.size)) @ d / d.size
+    p = (1 + np.sum(np.abs(flips) >= abs(d.mean()))) / (1 + draws)
+    return dict(
+        mean_diff=float(d.mean()),
+        ci_low=float(np.quantile(boot, 0.025)),
+        ci_high=float(np.quantile(boot, 0.975)),
+        longer=float(np.mean(d > 0)),
+        p=float(p),
+    )
+
+
+def paired_comparisons(rows: list[dict]) -> list[dict]:
+    """Fehlberg training against naive training at the same eps, and every trained
+    model against the authors' Fehlberg model, where both rows are present."""
+    by = {r["solver"]: r for r in rows}
+    pairs = [(f"fehlberg-{eps}", f"naive-{eps}") for eps in ("0.1", "0.05", "0.01")] + [
+        (r["solver"], "authors-fehlberg") for r in rows if r["solver"] not in AUTHORS
+    ]
+    return [
+        dict(a=a, b=b, **paired_vpt(by[a]["vpt_all"], by[b]["vpt_all"]))
+        for a, b in pairs
+        if a in by and b in by
+    ]
 
 
 if __name__ == "__main__":

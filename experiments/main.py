@@ -4,12 +4,13 @@ regularization's NFE reduction, offline.
 Trains the unmixed Neural ODE classifier (MLP vector field with the normalisation
 under test, dopri5 rtol = atol = 1e-3 on [0, 1], then BN -> dropout -> linear) with
 each normalisation (TA-BN's training solves with a jittered first step, so that
-training covers its grid: `--first-step-jitter`), and evaluates accuracy at test batch 256 and at test batch 2
-(Zheng et al. 2024, Fig. 3 left: mini-batch BN collapses at small test batches,
-TA-BN does not). Data: the offline MNIST split when the IDX files are found (see
-`tadiffeq.data.default_mnist_dir`), else generated digits. Then trains the small
-augmented Neural ODE of `regularization_toy.py` without and with the local and global
-regularizers (same seed) and reports the test NFE. Figures go to `--out`.
+training covers its grid: `--first-step-jitter`), and evaluates accuracy at test
+batch 256 and at test batch 2 (Zheng et al. 2024, Fig. 3 left: mini-batch BN
+collapses at small test batches, TA-BN does not). Data: the offline MNIST split when
+the IDX files are found (see `tadiffeq.data.default_mnist_dir`), else generated
+digits. Then trains the small augmented Neural ODE of `regularization_toy.py` without
+and with the local and global regularizers (same seed) and reports the test NFE.
+Figures go to `--out`.
 
     python experiments/main.py                 # 2 to 4 minutes on 2 CPU cores
     python experiments/main.py --data synthetic --epochs 1

@@ -496,3 +496,29 @@ def test_authors_model_loader_errors(tmp_path):
         lorenz63.load_authors_model(tmp_path / "text.npz")
     with pytest.raises(FileNotFoundError):
         lorenz63.load_authors_model(tmp_path / "absent.npz")
+
+
+def test_paired_vpt_by_hand():
+    import lorenz63
+
+    a = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+    same = lorenz63.paired_vpt(a, a)
+    assert same["mean_diff"] == 0 and same["longer"] == 0 and same["p"] == 1.0
+    up = lorenz63.paired_vpt(a + 0.5, a)
+    assert up["mean_diff"] == 0.5 and up["longer"] == 1.0
+    assert up["ci_low"] == up["ci_high"] == 0.5  # a constant difference
+    # 8 same-sign differences: 2 of the 2**8 sign patterns are as extreme.
+    assert abs(up["p"] - 2 / 256) < 0.005
+    mixed = lorenz63.paired_vpt(a + np.array([1, -1] * 4), a)
+    assert mixed["mean_diff"] == 0 and mixed["longer"] == 0.5 and mixed["p"] == 1.0
+    rows = [
+        dict(solver="naive-0.1", vpt_all=list(a)),
+        dict(solver="fehlberg-0.1", vpt_all=list(a + 0.5)),
+        dict(solver="authors-fehlberg", vpt_all=list(a)),
+    ]
+    pairs = [(c["a"], c["b"]) for c in lorenz63.paired_comparisons(rows)]
+    assert pairs == [
+        ("fehlberg-0.1", "naive-0.1"),
+        ("naive-0.1", "authors-fehlberg"),
+        ("fehlberg-0.1", "authors-fehlberg"),
+    ]
