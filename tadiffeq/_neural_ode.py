@@ -13,6 +13,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree, Shaped
 from ._norm.base import norm_layers
 from ._norm.tabn import TABatchNorm
 from ._regularizers.base import AbstractRegularizer, Plan, SolveResult
+from ._solver.controllers import check_tolerances, pid_controller, with_error_norm
 from ._solver.stateful import clone_state, StatefulField, StatefulSolver, time_dtype
 
 
@@ -68,27 +69,6 @@ class SolveStats(eqx.Module):
                 num_nonfinite_statistics, num_steps.dtype
             ),
         )
-
-
-def _with_norm(controller, restrict):
-    """`controller` whose (PID) error norm is `restrict(norm)`."""
-    if isinstance(controller, dfx.PIDController):
-        return eqx.tree_at(lambda c: c.norm, controller, restrict(controller.norm))
-    inner = getattr(controller, "controller", None)
-    if inner is None:
-        return controller  # Not adaptive: no error norm to restrict.
-    return eqx.tree_at(lambda c: c.controller, controller, _with_norm(inner, restrict))
-
-
-def _uses_pid_heuristic(controller) -> bool:
-    """Whether `controller.init(..., dt0=None, ...)` runs the PID initial-step
-    heuristic (two vector-field evaluations)."""
-    while not isinstance(controller, dfx.PIDController):
-        inner = getattr(controller, "controller", None)
-        if inner is None:
-            return False
-        controller = inner
-    return True
 
 
 class NeuralODE(eqx.Module):
@@ -220,8 +200,11 @@ class NeuralODE(eqx.Module):
             )
         if dt0 is not None:
             dt0 = float(dt0)
-            if not dt0 > 0:
-                raise ValueError(f"`dt0` must be positive, got {dt0}.")
+            if not (math.isfinite(dt0) and dt0 > 0):
+                raise ValueError(f"`dt0` must be positive and finite, got {dt0}.")
+        pid = pid_controller(stepsize_controller)
+        if pid is not None:
+            check_tolerances("stepsize_controller", pid.rtol, pid.atol)
         for layer in norm_layers(field):
             if isinstance(layer, TABatchNorm) and (
                 layer.grid.t0 != t0 or layer.grid.t1 != t1
@@ -302,6 +285,13 @@ class NeuralODE(eqx.Module):
             ts = jnp.asarray(ts)
             if ts.ndim != 1 or ts.shape[0] < 1:
                 raise ValueError(f"`ts` must be a non-empty 1-D array, got {ts.shape}.")
+            ok = jnp.all((ts >= self.t0) & (ts <= self.t1)) & jnp.all(jnp.diff(ts) >= 0)
+            ts = eqx.error_if(
+                ts,
+                ~ok,
+                f"`ts` must be non-decreasing times in [t0, t1] = [{self.t0}, "
+                f"{self.t1}] (no NaN).",
+            )
         per_sample = self.inference and self.per_sample_inference
         if regularizer is not None:
             self._check_regularizer(regularizer, key, per_sample, ts)
@@ -364,6 +354,11 @@ class NeuralODE(eqx.Module):
                 raise TypeError(
                     f"`x` must be a floating-point array, got dtype {leaf.dtype}."
                 )
+            if jnp.finfo(leaf.dtype).bits < 32:
+                raise TypeError(
+                    f"`x` has dtype {leaf.dtype}: diffrax's step-size control needs "
+                    "float32 or float64; cast `x` (e.g. `x.astype(jnp.float32)`)."
+                )
             if leaf.ndim < 1:
                 raise ValueError(
                     f"`x` must have a leading batch axis, got shape {leaf.shape}."
@@ -380,7 +375,7 @@ class NeuralODE(eqx.Module):
         field, y_init, controller = self.field, y0, self.stepsize_controller
         if plan.augment is not None:
             field, y_init, restrict = plan.augment(self.field, y0)
-            controller = _with_norm(controller, restrict)
+            controller = with_error_norm(controller, restrict)
         # Times in the state's float dtype (at least float32), so that with x64 on
         # a float32 state stays float32 (diffrax would promote it to the times').
         tdt = time_dtype(y_init)
@@ -402,7 +397,7 @@ class NeuralODE(eqx.Module):
                 term, t0, t1, y_init, None, None, solver.func, solver.error_order(term)
             )
             dt0 = jax.lax.stop_gradient(tnext - t0)
-            num_heuristic = 2 if _uses_pid_heuristic(controller) else 0
+            num_heuristic = 0 if pid_controller(controller) is None else 2
         if jitter_key is not None:
             u = jax.random.uniform(jitter_key, (), tdt)
             dt0 = dt0 * 2.0 ** (-self.first_step_jitter * u)

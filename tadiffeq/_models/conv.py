@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from .._misc import check_scalar_time
+from .._misc import check_positive_int, check_scalar_time
 
 
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -329,12 +329,8 @@ class TimeConv2d(eqx.Module):
     ):
         if mode not in _GEOMETRY:
             raise ValueError(f"`mode` must be one of {list(_GEOMETRY)}, got {mode!r}.")
-        for name, value in (
-            ("in_channels", in_channels),
-            ("out_channels", out_channels),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+        check_positive_int("in_channels", in_channels, owner="TimeConv2d")
+        check_positive_int("out_channels", out_channels, owner="TimeConv2d")
         dtype = jnp.float32 if dtype is None else dtype
         wkey, bkey = jax.random.split(key)
         fan_in = 9 * (in_channels + 1)

@@ -6,6 +6,7 @@ import equinox as eqx
 import jax
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from .._misc import check_positive_int
 from .._norm.base import AbstractNorm
 from .._norm.factory import NormSpec, resolve_norm
 from .conv import TimeConv2d
@@ -68,6 +69,9 @@ def conv_field_spec(
     """
     if not (isinstance(width, int) and width >= 1):
         raise ValueError(f"`width` must be a positive integer, got {width!r}.")
+    check_positive_int("channels", channels, owner="ConvField")
+    if out_channels is not None:
+        check_positive_int("out_channels", out_channels, owner="ConvField")
     c = channels
     o = channels if out_channels is None else out_channels
     w1, w2, w4, w8 = width, 2 * width, 4 * width, 8 * width

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from .._misc import check_scalar_time
+from .._misc import check_positive_int, check_scalar_time
 from .._norm.base import AbstractNorm
 from .._norm.factory import NormSpec, resolve_norm
 from .field import AbstractVectorField
@@ -24,12 +24,8 @@ class TimeLinear(eqx.Module):
     out_features: int = eqx.field(static=True)
 
     def __init__(self, in_features: int, out_features: int, *, key, dtype=None):
-        for name, value in (
-            ("in_features", in_features),
-            ("out_features", out_features),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+        check_positive_int("in_features", in_features, owner="TimeLinear")
+        check_positive_int("out_features", out_features, owner="TimeLinear")
         dtype = jnp.float32 if dtype is None else dtype
         wkey, bkey = jax.random.split(key)
         lim = 1.0 / math.sqrt(in_features + 1)
@@ -103,6 +99,16 @@ class MLPField(AbstractVectorField):
                 f"`activation` must be one of {sorted(_ACTIVATIONS)}, got "
                 f"{activation!r}."
             )
+        check_positive_int("features", features, owner="MLPField")
+        if isinstance(hidden, int) or not all(
+            isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden
+        ):
+            raise ValueError(
+                "MLPField: `hidden` must be a sequence of positive ints (the hidden "
+                f"layers' widths, e.g. (64,)), got {hidden!r}."
+            )
+        if out_features is not None:
+            check_positive_int("out_features", out_features, owner="MLPField")
         widths = [features, *hidden, features if out_features is None else out_features]
         keys = jax.random.split(key, len(widths) - 1)
         self.layers = [

@@ -95,8 +95,13 @@ def norm_layers(tree) -> list[AbstractNorm]:
     return [x for x in jax.tree_util.tree_leaves(tree, is_leaf=is_norm) if is_norm(x)]
 
 
-def check_num_features(cls_name: str, num_features: int) -> None:
+def check_num_features(cls_name: str, num_features: int, dtype=None) -> None:
+    """`num_features` a positive int and `dtype` (if given) a floating dtype."""
     check_positive_int("num_features", num_features, owner=cls_name)
+    if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{cls_name}: `dtype` must be a floating-point dtype, got {dtype}."
+        )
 
 
 def check_momentum_eps(cls_name: str, momentum: float, eps: float) -> None:

@@ -51,7 +51,7 @@ class MiniBatchNorm(AbstractNorm):
         dtype=None,
         inference: bool = False,
     ):
-        check_num_features("MiniBatchNorm", num_features)
+        check_num_features("MiniBatchNorm", num_features, dtype)
         check_momentum_eps("MiniBatchNorm", 0.0, eps)
         self.num_features = num_features
         self.weight, self.bias = init_affine((num_features,), affine, dtype)

@@ -65,7 +65,7 @@ class PopTIBatchNorm(AbstractNorm):
         dtype=None,
         inference: bool = False,
     ):
-        check_num_features("PopTIBatchNorm", num_features)
+        check_num_features("PopTIBatchNorm", num_features, dtype)
         check_momentum_eps("PopTIBatchNorm", momentum, eps)
         self.num_features = num_features
         self.weight, self.bias = init_affine((num_features,), affine, dtype)

@@ -157,7 +157,7 @@ class TABatchNorm(AbstractNorm):
         min_coverage: float | None = None,
         inference: bool = False,
     ):
-        check_num_features("TABatchNorm", num_features)
+        check_num_features("TABatchNorm", num_features, dtype)
         check_momentum_eps("TABatchNorm", momentum, eps)
         if not isinstance(coverage_aware, bool):
             raise TypeError(

@@ -74,6 +74,7 @@ class AbstractTimeGrid(eqx.Module):
         t = jnp.asarray(t)  # a float t keeps its dtype (no float64 in a float32 solve)
         if not jnp.issubdtype(t.dtype, jnp.floating):
             t = t.astype(jnp.result_type(float))
+        t = eqx.error_if(t, jnp.isnan(t), f"{type(self).__name__}: `t` is NaN.")
         s = (t - self.t0) / self.spacing
         return jnp.clip(s, 0.0, float(self.num_intervals))
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree
 
+from .._solver.controllers import check_tolerances, pid_controller
 from .._solver.estimates import (
     check_stiffness_tableau,
     real_stability_boundary,
@@ -29,10 +30,8 @@ from .base import AbstractRegularizer, Plan, SolveResult
 def controller_tolerances(node, rtol: float | None, atol: float | None):
     """`(rtol, atol, norm)`: the given tolerances, else those of the node's
     `PIDController` (the scaling its step-size control uses)."""
-    pid = node.stepsize_controller
-    while not isinstance(pid, dfx.PIDController) and hasattr(pid, "controller"):
-        pid = pid.controller
-    if isinstance(pid, dfx.PIDController):
+    pid = pid_controller(node.stepsize_controller)
+    if pid is not None:
         return (
             pid.rtol if rtol is None else rtol,
             pid.atol if atol is None else atol,
@@ -174,6 +173,7 @@ class LocalRegularizer(AbstractRegularizer):
             raise ValueError(
                 f"`sampling` must be 'unbiased' or 'biased', got {self.sampling!r}."
             )
+        check_tolerances("LocalRegularizer", self.rtol, self.atol)
 
     def plan(self, node, y0, key: PRNGKeyArray | None) -> Plan:
         if self.sampling == "biased":

@@ -1,0 +1,48 @@
+"""diffrax step-size controllers as tadiffeq reads them: the PID controller inside
+wrappers (e.g. `ClipStepSizeController`), and its tolerances checked."""
+
+import math
+
+import diffrax as dfx
+import equinox as eqx
+
+
+def pid_controller(controller) -> dfx.PIDController | None:
+    """The `PIDController` that `controller` is or wraps (through `.controller`
+    attributes), else `None`."""
+    while not isinstance(controller, dfx.PIDController):
+        controller = getattr(controller, "controller", None)
+        if controller is None:
+            return None
+    return controller
+
+
+def with_error_norm(controller, restrict):
+    """`controller` whose PID error norm is `restrict(norm)` (rebuilt through any
+    wrappers); a controller without one is returned as it is."""
+    if isinstance(controller, dfx.PIDController):
+        return eqx.tree_at(lambda c: c.norm, controller, restrict(controller.norm))
+    inner = getattr(controller, "controller", None)
+    if inner is None:
+        return controller  # Not adaptive: no error norm to restrict.
+    rebuilt = with_error_norm(inner, restrict)
+    return eqx.tree_at(lambda c: c.controller, controller, rebuilt)
+
+
+def check_tolerances(owner: str, rtol, atol) -> None:
+    """A `ValueError` naming `owner` unless the given tolerances are finite and
+    `>= 0` and not both zero (an error scale of zero makes every step fail; a
+    negative one is meaningless). `None` (not given) and array-valued tolerances (per
+    component, diffrax's to check) are skipped."""
+    given = {}
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if value is None or getattr(value, "ndim", 0) != 0:
+            continue
+        v = float(value)
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"{owner}: `{name}` must be finite and >= 0, got {v}.")
+        given[name] = v
+    if given.get("rtol") == 0 and given.get("atol") == 0:
+        raise ValueError(
+            f"{owner}: `rtol` and `atol` are both 0, so no step can ever be accepted."
+        )
