@@ -433,8 +433,10 @@ class NeuralODE(eqx.Module):
             ys = jtu.tree_map(lambda a: a[:-1], ys)
         _, new_state, observed = sol.solver_state
         new_state = jax.lax.stop_gradient(clone_state(new_state))
-        new_state, num_nonfinite = self._check_statistics(state, new_state)
-        if self.nonfinite_statistics == "error":
+        num_nonfinite = 0
+        if not self.inference:  # (inference leaves the state as it was)
+            new_state, num_nonfinite = self._check_statistics(state, new_state)
+        if self.nonfinite_statistics == "error" and not self.inference:
             ys = eqx.error_if(
                 ys,
                 num_nonfinite > 0,
