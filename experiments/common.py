@@ -20,14 +20,31 @@ import tadiffeq as td
 from tadiffeq.data import iterate_batches, mnist_offline_split, synthetic_digits
 
 
+#: This workspace's shared data (`../shared/data` beside the checkout): where the
+#: experiments, not the library, look for a dataset that no environment variable or
+#: cache folder holds (`tadiffeq.data.cache_dir`).
+WORKSPACE_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def workspace_data(name: str, library_default: pathlib.Path | None):
+    """`library_default` (the library's lookup), else `WORKSPACE_DATA / name` if that
+    folder exists, else `None`."""
+    if library_default is not None:
+        return library_default
+    path = WORKSPACE_DATA / name
+    return path if path.is_dir() else None
+
+
 def load_image_data(name: str, seed: int = 0):
     """`("mnist" | "synthetic" | "auto")` -> (data dict, description). `auto` takes the
-    offline MNIST split when its IDX files are found, else the generated digits."""
+    offline MNIST split when its IDX files are found ($TADIFFEQ_MNIST_DIR, the cache
+    folder or the workspace's shared data), else the generated digits."""
+    directory = workspace_data("mnist", td.data.default_mnist_dir())
     if name == "auto":
-        name = "mnist" if td.data.default_mnist_dir() is not None else "synthetic"
+        name = "mnist" if directory is not None else "synthetic"
     if name == "mnist":
         return (
-            mnist_offline_split(),
+            mnist_offline_split(directory),
             "MNIST (offline 10k test set: first 8,000 train, last 2,000 test)",
         )
     if name == "synthetic":

@@ -54,7 +54,7 @@ from jaxtyping import Array
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from common import print_table, write_json  # noqa: E402
+from common import print_table, workspace_data, write_json  # noqa: E402
 
 import tadiffeq as td  # noqa: E402
 import tadiffeq.dynamics as tdd  # noqa: E402
@@ -130,6 +130,10 @@ def make_steppers(cfg: LorenzConfig):
 def load_data(cfg: LorenzConfig, data_dir, cache: pathlib.Path):
     """`(train, test, description)`, float64 `(N, 3)` arrays."""
     if cfg.data == "shared":
+        if data_dir is None:
+            default = td.data.default_lorenz63_dir()
+            has = (default / "train.npy").exists()
+            data_dir = workspace_data("lorenz63", default if has else None)
         d = load_lorenz63(data_dir)
         return d["train"], d["test"], "the study's Lorenz'63 files (5,000 + 5,000)"
     if cfg.data == "generated":

@@ -44,6 +44,7 @@ from common import (  # noqa: E402
     positive_int,
     SOLVERS,
     train_classifier,
+    workspace_data,
     write_json,
 )
 
@@ -162,8 +163,13 @@ def load_data(cfg: ImageConfig, args):
     """`(data, description)` for `cfg.dataset`: real, or generated with `--mock`."""
     limits = dict(limit=cfg.train_limit or None, test_limit=cfg.test_limit or None)
     if not args.mock:
+        data_dir = args.data_dir
+        if data_dir is None and cfg.dataset == "tiny_imagenet":
+            data_dir = workspace_data(
+                "tiny-imagenet-200", td.data.default_tiny_imagenet_dir()
+            )
         data = load_image_dataset(
-            cfg.dataset, data_dir=args.data_dir, download=args.download,
+            cfg.dataset, data_dir=data_dir, download=args.download,
             reader=args.reader, **limits,
         )  # fmt: skip
         return data, cfg.dataset

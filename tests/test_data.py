@@ -98,3 +98,27 @@ def test_iterate_batches():
     np.testing.assert_array_equal(batches[0][0], again[0][0])
     with pytest.raises(ValueError, match="differ in length"):
         list(iterate_batches(x, y[:3], 2))
+
+
+def test_dataset_folders_env_then_cache_and_no_silent_fallback(tmp_path, monkeypatch):
+    import tadiffeq as td
+
+    monkeypatch.delenv("TADIFFEQ_MNIST_DIR", raising=False)
+    monkeypatch.delenv("TADIFFEQ_LORENZ63_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert td.data.cache_dir() == tmp_path / "cache" / "tadiffeq"
+    # Nothing set up: no folder (the library assumes no workspace layout).
+    assert td.data.default_mnist_dir() is None
+    assert td.data.default_lorenz63_dir() == tmp_path / "cache/tadiffeq/lorenz63"
+    # The cache folder, once it holds the files.
+    mnist = tmp_path / "cache" / "tadiffeq" / "mnist"
+    mnist.mkdir(parents=True)
+    (mnist / "t10k-images-idx3-ubyte.gz").write_bytes(b"")
+    assert td.data.default_mnist_dir() == mnist
+    # An environment variable wins, and a wrong one is an error, not a fall-back.
+    monkeypatch.setenv("TADIFFEQ_MNIST_DIR", str(tmp_path / "nonexistent"))
+    with pytest.raises(FileNotFoundError, match="TADIFFEQ_MNIST_DIR"):
+        td.data.default_mnist_dir()
+    monkeypatch.setenv("TADIFFEQ_LORENZ63_DIR", str(tmp_path / "nonexistent"))
+    with pytest.raises(FileNotFoundError, match="TADIFFEQ_LORENZ63_DIR"):
+        td.data.default_lorenz63_dir()

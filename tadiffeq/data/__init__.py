@@ -21,6 +21,7 @@ from ._mnist import (
     MNIST_STD as MNIST_STD,
     read_idx as read_idx,
 )
+from ._paths import cache_dir as cache_dir
 from ._physical import (
     default_cache_dir as default_cache_dir,
     generate_pendulum_chain as generate_pendulum_chain,

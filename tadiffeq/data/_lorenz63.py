@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..dynamics._lorenz import Lorenz63
+from ._paths import cache_dir, dataset_dir
 
 
 _SPLITS = ("train", "test")
@@ -20,20 +21,10 @@ _SPLITS = ("train", "test")
 
 def default_lorenz63_dir() -> pathlib.Path:
     """Where [`tadiffeq.data.load_lorenz63`][] looks by default:
-    `$TADIFFEQ_LORENZ63_DIR` if set, else the first of `../shared/data/lorenz63`
-    relative to the working directory or to this checkout that holds `train.npy`
-    (the checkout's if none does)."""
-    if os.environ.get("TADIFFEQ_LORENZ63_DIR"):
-        return pathlib.Path(os.environ["TADIFFEQ_LORENZ63_DIR"])
-    here = pathlib.Path(__file__).resolve()
-    candidates = [
-        base.parent / "shared" / "data" / "lorenz63"
-        for base in (pathlib.Path.cwd(), here.parents[2])
-    ]
-    for path in candidates:
-        if (path / "train.npy").exists():
-            return path
-    return candidates[-1]
+    `$TADIFFEQ_LORENZ63_DIR` (an error if it holds no `train.npy`), else
+    `~/.cache/tadiffeq/lorenz63` (see [`tadiffeq.data.cache_dir`][])."""
+    found = dataset_dir("lorenz63", "TADIFFEQ_LORENZ63_DIR", ("train.npy",))
+    return cache_dir() / "lorenz63" if found is None else found
 
 
 def load_lorenz63(path: str | os.PathLike | None = None) -> dict[str, np.ndarray]:

@@ -7,6 +7,8 @@ import struct
 
 import numpy as np
 
+from ._paths import dataset_dir
+
 
 _FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -41,21 +43,11 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def default_mnist_dir() -> pathlib.Path | None:
-    """Where to look for the MNIST IDX files: `$TADIFFEQ_MNIST_DIR`, else
-    `../shared/data/mnist` relative to the working directory or to this checkout.
-    Returns `None` if none holds the test files."""
-    candidates = []
-    if os.environ.get("TADIFFEQ_MNIST_DIR"):
-        candidates.append(pathlib.Path(os.environ["TADIFFEQ_MNIST_DIR"]))
-    here = pathlib.Path(__file__).resolve()
-    for base in (pathlib.Path.cwd(), here.parents[2]):
-        candidates.append(base.parent / "shared" / "data" / "mnist")
-    for path in candidates:
-        if (path / (_FILES["test"][0] + ".gz")).exists() or (
-            path / _FILES["test"][0]
-        ).exists():
-            return path
-    return None
+    """Where to look for the MNIST IDX files: `$TADIFFEQ_MNIST_DIR` (an error if it
+    does not hold them), else `~/.cache/tadiffeq/mnist` (see
+    [`tadiffeq.data.cache_dir`][]). Returns `None` if neither is set up."""
+    test = _FILES["test"][0]
+    return dataset_dir("mnist", "TADIFFEQ_MNIST_DIR", (test, test + ".gz"))
 
 
 def load_mnist_idx(

@@ -6,25 +6,20 @@ import pathlib
 
 import numpy as np
 
+from ._paths import dataset_dir
+
 
 _SPLITS = ("train", "val")
 IMAGE_SIZE = 64
 
 
 def default_tiny_imagenet_dir() -> pathlib.Path | None:
-    """Where to look for the `tiny-imagenet-200` folder: `$TADIFFEQ_TINY_IMAGENET_DIR`,
-    else `../shared/data/tiny-imagenet-200` relative to the working directory or to
-    this checkout. Returns `None` if none holds `wnids.txt`."""
-    candidates = []
-    if os.environ.get("TADIFFEQ_TINY_IMAGENET_DIR"):
-        candidates.append(pathlib.Path(os.environ["TADIFFEQ_TINY_IMAGENET_DIR"]))
-    here = pathlib.Path(__file__).resolve()
-    for base in (pathlib.Path.cwd(), here.parents[2]):
-        candidates.append(base.parent / "shared" / "data" / "tiny-imagenet-200")
-    for path in candidates:
-        if (path / "wnids.txt").exists():
-            return path
-    return None
+    """Where to look for the `tiny-imagenet-200` folder: `$TADIFFEQ_TINY_IMAGENET_DIR`
+    (an error if it holds no `wnids.txt`), else `~/.cache/tadiffeq/tiny-imagenet-200`
+    (see [`tadiffeq.data.cache_dir`][]). Returns `None` if neither is set up."""
+    return dataset_dir(
+        "tiny-imagenet-200", "TADIFFEQ_TINY_IMAGENET_DIR", ("wnids.txt",)
+    )
 
 
 def tiny_imagenet_classes(directory: str | os.PathLike) -> list[str]:
