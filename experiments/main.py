@@ -7,8 +7,9 @@ each normalisation (TA-BN's training solves with a jittered first step, so that
 training covers its grid: `--first-step-jitter`), and evaluates accuracy at test
 batch 256 and at test batch 2 (Zheng et al. 2024, Fig. 3 left: mini-batch BN
 collapses at small test batches, TA-BN does not). Data: the offline MNIST split when
-the IDX files are found (`common.load_image_data`), else generated digits. Then trains the small augmented Neural ODE of `regularization_toy.py` without
-and with the local and global regularizers (same seed) and reports the test NFE.
+the IDX files are found (`common.load_image_data`), else generated digits. Then
+trains the small augmented Neural ODE of `regularization_toy.py` without and with the
+local and global regularizers (same seed) and reports the test NFE.
 Figures go to `--out`.
 
     python experiments/main.py                 # 2 to 4 minutes on 2 CPU cores
