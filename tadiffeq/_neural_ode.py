@@ -280,6 +280,7 @@ class NeuralODE(eqx.Module):
         solution at every time in `ts`, stacked on a leading axis), the updated state
         (unchanged in inference mode) and the [`tadiffeq.SolveStats`][] of the solve.
         """
+        self._check_state(state)
         y0 = self._lift(x)
         if ts is not None:
             ts = jnp.asarray(ts)
@@ -347,6 +348,28 @@ class NeuralODE(eqx.Module):
                 "internal state, which `BacksolveAdjoint` cannot do; use "
                 "`adjoint=diffrax.RecursiveCheckpointAdjoint()`."
             )
+
+    def _check_state(self, state) -> None:
+        """Trace-time errors for a `state` that is not this model's: not an
+        `eqx.nn.State`, or without an entry for a layer of the field."""
+        if not isinstance(state, eqx.nn.State):
+            raise TypeError(
+                "`state` must be the model's eqx.nn.State (from "
+                f"eqx.nn.make_with_state), got {type(state).__name__}."
+            )
+        is_index = lambda x: isinstance(x, eqx.nn.StateIndex)
+        for index in jtu.tree_leaves(self.field, is_leaf=is_index):
+            if not is_index(index):
+                continue
+            try:
+                state.get(index)
+            except Exception as e:  # equinox's own error for an unknown index
+                name = index.marker if isinstance(index.marker, str) else "a layer"
+                raise ValueError(
+                    f"`state` holds no entry for {name!r}: it is the state of "
+                    "another model; build the model and its state together with "
+                    "eqx.nn.make_with_state."
+                ) from e
 
     def _lift(self, x):
         for leaf in jtu.tree_leaves(x):

@@ -17,6 +17,10 @@ def _node(**kw):
     return td.NeuralODE(td.MLPField(3, (4,), norm="none", key=K), **kw)
 
 
+def _tabn_node():
+    return td.NeuralODE(td.MLPField(3, (4,), norm="tabn", key=K))
+
+
 def _call(node, x, **kw):
     _, state = eqx.nn.make_with_state(lambda: node)()
     return node(x, state, **kw)
@@ -84,6 +88,11 @@ CALLS = [
      Exception, "`ts` must be non-decreasing"),
     ("ts outside [t0, t1]", lambda: _call(_node(), x3, ts=jnp.array([0.5, 2.0])),
      Exception, r"in \[t0, t1\]"),
+    ("state None", lambda: _node()(x3, None), TypeError, "state"),
+    ("state of a model without the layer",
+     lambda: eqx.nn.make_with_state(_tabn_node)()[0](
+         x3, eqx.nn.make_with_state(_node)()[1]),
+     ValueError, "holds no entry for 'NeuralODE.field.norms\\[0\\].state_index'"),
     ("TA-BN at t = NaN",
      lambda: eqx.nn.make_with_state(td.TABatchNorm)(3)[0](
          jnp.nan, x3, eqx.nn.make_with_state(td.TABatchNorm)(3)[1]),
