@@ -78,6 +78,68 @@ class RegConfig:
     data: str = "auto"
     x64: bool = False  # float64 model and data (for tolerances below ~1e-6)
     seed: int = 0
+    init: str = "torch"  # "torch" (the library's layers) or "glorot" (Lux's Dense)
+    adjoint: str = "recursive"  # "recursive" (checkpointed) or "backsolve"
+    lr_decay: float = 0.0  # lr / (1 + lr_decay * step) (Optimisers' InverseDecay)
+    time_input: bool = True  # the SDE's fields see t (the paper's do not)
+
+
+# The paper's code (LocalRegNeuralDE.jl, experiments/mnist_ode/mlp.yml and
+# mnist_sde/mlp.yml at the commits read for issue 19): batch 512, Lux's Glorot-uniform
+# weights and zero biases; ODE tsit5 at rtol = atol = 1.4e-8 (Float32), Adam 1e-3,
+# weight 5 -> 2.5 exponentially; SDE tolerance 0.14, weight 1000, Adam
+# 0.01 / (1 + 1e-5 t), fields without a time input.
+PROTOCOLS = {
+    "library": {
+        "ode": dict(weight=5.0, weight_end=2.5, lr=1e-3, tol=1e-5),
+        "sde": dict(weight=10.0, weight_end=10.0, lr=1e-2, tol=0.14),
+    },
+    "paper": {
+        "ode": dict(
+            weight=5.0, weight_end=2.5, lr=1e-3, tol=1.4e-8, batch_size=512,
+            eval_batch=512, init="glorot",
+        ),
+        "sde": dict(
+            weight=1000.0, weight_end=1000.0, lr=1e-2, lr_decay=1e-5, tol=0.14,
+            batch_size=512, eval_batch=512, init="glorot", time_input=False,
+        ),
+    },
+}  # fmt: skip
+
+
+def glorot_init(model, key):
+    """`model` with every `TimeLinear` and `eqx.nn.Linear` re-initialised as Lux's
+    `Dense`: Glorot-uniform weights (limit sqrt(6 / (fan_in + fan_out)), the time
+    input counted in fan_in) and zero biases."""
+    is_layer = lambda x: isinstance(x, (td.TimeLinear, eqx.nn.Linear))
+
+    def layers(m):
+        return [x for x in jax.tree.leaves(m, is_leaf=is_layer) if is_layer(x)]
+
+    new = []
+    for layer, k in zip(layers(model), jax.random.split(key, len(layers(model)))):
+        w = layer.weight
+        lim = float(np.sqrt(6.0 / (w.shape[0] + w.shape[1])))
+        new += [jax.random.uniform(k, w.shape, w.dtype, -lim, lim)]
+        new += [jnp.zeros_like(layer.bias)]
+    where = lambda m: [a for x in layers(m) for a in (x.weight, x.bias)]
+    return eqx.tree_at(where, model, new)
+
+
+class _Autonomous(eqx.Module):
+    """A field without a time input (the paper's SDE drift and diffusion): an MLP on
+    `(batch, features)` whose hidden layers are tanh, `(t, y, state) -> (f, state)`."""
+
+    mlp: eqx.nn.MLP
+
+    def __init__(self, features: int, hidden: tuple[int, ...], *, key):
+        self.mlp = eqx.nn.MLP(
+            features, features, hidden[0] if hidden else 0, len(hidden),
+            activation=jnp.tanh, key=key,
+        )  # fmt: skip
+
+    def __call__(self, t, y, state):
+        return jax.vmap(self.mlp)(y), state
 
 
 class ODEClassifier(eqx.Module):
@@ -92,9 +154,13 @@ class ODEClassifier(eqx.Module):
             dtype=dtype,
         )  # fmt: skip
         ctrl = dfx.PIDController(rtol=cfg.tol, atol=cfg.tol)
+        adjoint = (
+            dfx.BacksolveAdjoint() if cfg.adjoint == "backsolve" else None
+        )  # None: the node's default, RecursiveCheckpointAdjoint
         self.node = td.NeuralODE(
-            field, solver=dfx.Tsit5(), stepsize_controller=ctrl, max_steps=4096
-        )
+            field, solver=dfx.Tsit5(), stepsize_controller=ctrl, max_steps=4096,
+            adjoint=adjoint,
+        )  # fmt: skip
         self.head = eqx.nn.Linear(features, 10, key=k2, dtype=dtype)
 
     def __call__(self, x, state, *, key, regularizer=None):
@@ -109,8 +175,14 @@ class SDEClassifier(eqx.Module):
 
     def __init__(self, cfg: RegConfig, features: int, key):
         k1, k2, k3, k4 = jax.random.split(key, 4)
-        drift = td.MLPField(32, (64,), norm="none", activation="tanh", key=k2)
-        diffusion = td.MLPField(32, (), norm="none", key=k3)  # linear: multiplicative
+        if cfg.time_input:
+            drift = td.MLPField(32, (64,), norm="none", activation="tanh", key=k2)
+            diffusion = td.MLPField(32, (), norm="none", key=k3)  # linear in y
+        else:
+            drift, diffusion = (
+                _Autonomous(32, (64,), key=k2),
+                _Autonomous(32, (), key=k3),
+            )
         ctrl = dfx.PIDController(rtol=cfg.tol, atol=cfg.tol)
         self.down = eqx.nn.Linear(features, 32, key=k1)
         self.sde = td.NeuralSDE(drift, diffusion, stepsize_controller=ctrl)
@@ -136,6 +208,12 @@ def run(
         raise ValueError(f"Unknown regularizer {cfg.regularizer!r}.")
     if cfg.model not in ("ode", "sde"):
         raise ValueError(f"--model must be 'ode' or 'sde', got {cfg.model!r}.")
+    if cfg.init not in ("torch", "glorot"):
+        raise ValueError(f"`init` must be 'torch' or 'glorot', got {cfg.init!r}.")
+    if cfg.adjoint not in ("recursive", "backsolve"):
+        raise ValueError(
+            f"`adjoint` must be 'recursive' or 'backsolve', got {cfg.adjoint!r}."
+        )
     reg = REGULARIZERS[cfg.regularizer]
     jax.config.update("jax_enable_x64", cfg.x64)
     data, description = load_image_data(cfg.data, seed=cfg.seed)
@@ -147,8 +225,10 @@ def run(
     cls = ODEClassifier if cfg.model == "ode" else SDEClassifier
     features = int(np.prod(x_train.shape[1:]))
     model, state = eqx.nn.make_with_state(cls)(cfg, features, k_model)
+    if cfg.init == "glorot":
+        model = glorot_init(model, jax.random.fold_in(k_model, 1))
     schedule = regularization_weights(reg, cfg)
-    optimizer = optax.adam(cfg.lr)
+    optimizer = optax.adam(lambda step: cfg.lr / (1.0 + cfg.lr_decay * step))
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
 
     @eqx.filter_jit
@@ -223,14 +303,17 @@ def run(
         return None
     train_seconds = history["seconds"]
     acc, test_nfe, predict_s = evaluate(model, state, x_test, y_test, cfg, k_train)
+    sample_nfe = per_sample_nfe(model, state, x_test[: cfg.eval_batch], k_train)
     result = dict(
         model=cfg.model,
         regularizer=cfg.regularizer,
         test_acc=acc,
         test_nfe=test_nfe,
+        sample_nfe=sample_nfe,
         train_nfe=float(np.mean(history["train_nfe"][-steps_per_epoch:])),
         predict_s=predict_s,
         train_s=train_seconds,
+        step_s=train_seconds / cfg.steps,
         config=dataclasses.asdict(cfg),
         data=description,
     )
@@ -240,7 +323,8 @@ def run(
 
 def evaluate(model, state, x, y, cfg: RegConfig, key, repeats: int = 5):
     """Accuracy, mean NFE per sample and the median wall time (after compilation) of
-    predicting the whole test split in batches of `cfg.eval_batch`."""
+    predicting the whole test split in batches of `cfg.eval_batch`, one joint solve
+    (shared step sizes) per batch, as the paper's code evaluates."""
     model = eqx.nn.inference_mode(model)
 
     @eqx.filter_jit
@@ -271,22 +355,45 @@ def evaluate(model, state, x, y, cfg: RegConfig, key, repeats: int = 5):
     return float(np.mean(pred == y)), float(np.mean(nfe)), float(np.median(times))
 
 
+def per_sample_nfe(model, state, x, key) -> float:
+    """Mean NFE of solving each sample of `x` on its own (a batch of one each, its
+    own step sizes), in inference mode."""
+    model = eqx.nn.inference_mode(model)
+
+    @eqx.filter_jit
+    def nfe(model, x, keys):
+        def one(xi, k):
+            return model(xi[None], state, key=k)[2].num_fn_evals
+
+        return jax.vmap(one)(x, keys)
+
+    keys = jax.random.split(jax.random.fold_in(key, 10**6), len(x))
+    return float(np.mean(np.asarray(nfe(model, jnp.asarray(x), keys))))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = RegConfig()
     parser.add_argument("--model", default="ode", choices=["ode", "sde"])
     parser.add_argument(
+        "--protocol", default="library", choices=sorted(PROTOCOLS),
+        help="'paper': the paper's code's settings (see PROTOCOLS); 'library': ours",
+    )  # fmt: skip
+    parser.add_argument(
         "--regularizers", default="none,local,local_biased,global",
         help=f"comma-separated, from {sorted(REGULARIZERS)}",
     )  # fmt: skip
-    for name in ("weight", "weight_end", "lr", "tol"):
+    for name in ("weight", "weight_end", "lr", "tol", "lr_decay"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=None)
-    for name in ("steps", "batch_size", "hidden", "seed", "eval_batch"):
+    for name in ("batch_size", "eval_batch"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=positive_int)
+    for name in ("steps", "hidden"):
         parser.add_argument(
-            f"--{name.replace('_', '-')}",
-            type=int if name == "seed" else positive_int,
+            f"--{name.replace('_', '-')}", type=positive_int,
             default=getattr(defaults, name),
-        )
+        )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--adjoint", default=None, choices=["recursive", "backsolve"])
     parser.add_argument(
         "--data", default="auto", choices=["auto", "mnist", "synthetic"]
     )
@@ -294,40 +401,45 @@ def main(argv=None):
         "--x64", action="store_true", help="float64 (ODE), for tolerances < 1e-6"
     )
     parser.add_argument("--checkpoint-every", type=positive_int, default=100)
+    parser.add_argument(
+        "--stop-after", type=positive_int, default=None,
+        help="checkpoint and stop each row after this many steps of this call",
+    )  # fmt: skip
     parser.add_argument("--out", default="results/regularization_mnist")
     args = parser.parse_args(argv)
-    # The paper's settings: ODE weight 5 -> 2.5, lr 1e-3; SDE weight 10, lr 1e-2,
-    # tolerance 0.14. The ODE tolerance is ours (see docs/results.md).
-    paper = (
-        dict(weight=10.0, weight_end=10.0, lr=1e-2, tol=0.14)
-        if args.model == "sde"
-        else dict(weight=5.0, weight_end=2.5, lr=1e-3, tol=1e-5)
-    )
-    given = {k: getattr(args, k) for k in paper if getattr(args, k) is not None}
+    preset = PROTOCOLS[args.protocol][args.model]
+    given = {k: v for k, v in vars(args).items() if k in _FIELDS and v is not None}
     rows = []
     for name in args.regularizers.split(","):
-        cfg = RegConfig(
-            model=args.model, regularizer=name, steps=args.steps,
-            batch_size=args.batch_size, hidden=args.hidden, seed=args.seed,
-            eval_batch=args.eval_batch, data=args.data, x64=args.x64,
-            **{**paper, **given},
-        )  # fmt: skip
+        cfg = RegConfig(model=args.model, regularizer=name, **{**preset, **given})
         out = pathlib.Path(args.out) / f"{args.model}_{name}_seed{args.seed}"
-        rows.append(run(cfg, out, checkpoint_every=args.checkpoint_every))
+        row = run(
+            cfg, out, checkpoint_every=args.checkpoint_every,
+            stop_after=args.stop_after,
+        )  # fmt: skip
+        if row is not None:
+            rows.append(row)
+    if not rows:
+        print("Stopped before the end of training (checkpointed); run again to go on.")
+        return rows
     add_baseline_ratios(rows)
     print(f"\n{args.model.upper()} on {rows[0]['data']},")
-    print(f"{args.steps} steps, seed {args.seed}:")
+    print(f"{args.protocol} protocol, {args.steps} steps, seed {args.seed}:")
     print_table(
         rows,
         [
             ("regularizer", "regularizer"), ("test_acc", "test acc"),
             ("test_nfe", "test NFE"), ("nfe_ratio", "NFE ratio"),
-            ("train_nfe", "train NFE"), ("predict_s", "predict s"),
-            ("speedup", "predict speedup"), ("train_s", "train s"),
+            ("sample_nfe", "NFE per sample"), ("train_nfe", "train NFE"),
+            ("predict_s", "predict s"), ("speedup", "predict speedup"),
+            ("step_s", "s / step"), ("train_s", "train s"),
         ],
     )  # fmt: skip
     write_json(pathlib.Path(args.out) / f"{args.model}_seed{args.seed}.json", rows)
     return rows
+
+
+_FIELDS = {f.name for f in dataclasses.fields(RegConfig)} - {"model", "regularizer"}
 
 
 if __name__ == "__main__":

@@ -192,11 +192,46 @@ def test_biased_samples_lie_on_accepted_step_boundaries(getkey):
         count, t_s, y_s = sol.solver_state[2][0]
         assert int(count) == n_acc
         idx = int(np.argmin(np.abs(ts - float(t_s))))
-        assert abs(ts[idx] - float(t_s)) < 1e-7 and idx < n_acc  # never t1
+        # An interior step end, as the paper's `rand(sol.t[1:end-1])`: never t0
+        # (the input itself), never t1.
+        assert abs(ts[idx] - float(t_s)) < 1e-7 and 0 < idx < n_acc
         np.testing.assert_allclose(y_s, sol.ys[idx], rtol=1e-6)
         counts[idx] = counts.get(idx, 0) + 1
-    # Uniform over the accepted steps: every boundary gets picked.
-    assert len(counts) == n_acc and min(counts.values()) >= 2
+    # Uniform over the interior boundaries: every one gets picked.
+    assert len(counts) == n_acc - 1 and min(counts.values()) >= 2
+
+
+def test_biased_sample_of_a_single_step_solve_is_its_start(getkey):
+    """A solve of one accepted step has no interior boundary: the sample is t0."""
+    node, state = _mlp(getkey())
+    y0 = jax.random.normal(getkey(), (3, 4))
+    term = dfx.ODETerm(td.StatefulField(node.field, state))
+    solver = td.StatefulSolver(dfx.Tsit5(), [td.StepReservoir(jax.random.key(0))])
+    sol = dfx.diffeqsolve(
+        term, solver, 0.0, 1.0, 1.0, y0, saveat=dfx.SaveAt(solver_state=True)
+    )
+    count, t_s, y_s = sol.solver_state[2][0]
+    assert int(count) == 1 and float(t_s) == 0.0
+    np.testing.assert_array_equal(y_s, y0)
+
+
+def test_local_step_never_ends_past_t1(getkey):
+    """The heuristic's dt is clamped to t1 - t (the paper's solver is initialised
+    on (t, t1)): near t1 the step is exactly the one of dt = t1 - t."""
+    node, state = _mlp(getkey(), scale=0.1)  # slow field: the heuristic's dt is big
+    y = jax.random.normal(getkey(), (4, 4))
+    pid = node.stepsize_controller
+    tol = dict(rtol=pid.rtol, atol=pid.atol)
+    t = 1.0 - 1e-3
+    far = td.local_step_estimate(node, state, 0.0, y)[0]
+    near = td.local_step_estimate(node, state, t, y)[0]
+    fixed = td.NeuralODE(
+        node.field, solver=dfx.Tsit5(), stepsize_controller=dfx.ConstantStepSize(),
+        dt0=float(1.0 - np.float32(t)),
+    )  # fmt: skip
+    by_hand = td.local_step_estimate(fixed, state, t, y, **tol)[0]
+    assert 0 < float(near) < 1e-2 * float(far)
+    np.testing.assert_allclose(near, by_hand, rtol=1e-5)
 
 
 def test_local_regularizer_value_is_the_step_at_the_sampled_time(getkey):

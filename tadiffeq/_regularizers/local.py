@@ -61,11 +61,13 @@ def local_step_estimate(
 
     `y` and `t` are treated as constants (gradients stopped). The step size dt is
     what the step-size controller's initial-step heuristic proposes at `(t, y)`
-    (`PIDController.init` with `dt0=None`, gradient stopped; a constant-step node
-    uses its `dt0`). The first stage f(t, y) is gradient-stopped too, as in the
-    paper's code (`stop_first_stage=False` differentiates it as well); the other
-    stages are differentiable in the parameters. The normalisation state is read
-    (training mode normalises with batch statistics anyway) and never updated.
+    (`PIDController.init` with `dt0=None`, gradient stopped), clamped to `t1 - t`
+    as the paper's code does (its solver is initialised on `(t, t1)`); a
+    constant-step node uses its `dt0`. The first stage f(t, y) is gradient-stopped
+    too, as in the paper's code (`stop_first_stage=False` differentiates it as
+    well); the other stages are differentiable in the parameters. The
+    normalisation state is read (training mode normalises with batch statistics
+    anyway) and never updated.
 
     Note: the error weights sum to zero (sum_i beta_i = 0), so with the first stage
     frozen the gradient is *not* the gradient of the estimate: it is dominated by
@@ -96,7 +98,9 @@ def local_step_estimate(
         tnext, _ = controller.init(
             term, t, t1, y, None, None, solver.func, solver.error_order(term)
         )
-        dt = jax.lax.stop_gradient(tnext - t)
+        # The heuristic on (t, t1), as the paper's code initialises its solver: the
+        # step never ends past t1.
+        dt = jax.lax.stop_gradient(jnp.minimum(tnext, t1) - t)
         evaluations += 2
     else:
         dt = jnp.asarray(node.dt0, jnp.result_type(t))
@@ -128,9 +132,11 @@ class LocalRegularizer(AbstractRegularizer):
 
     - `sampling="unbiased"`: t_s uniform on [t0, t1); y(t_s) is read off the forward
       solve's dense output (no extra evaluation).
-    - `sampling="biased"`: (t_s, y(t_s)) drawn uniformly from the accepted step
-      boundaries of the forward solve (excluding t1), so samples concentrate where the
-      solver works hardest. A reservoir sample in the solver state: O(1) memory.
+    - `sampling="biased"`: (t_s, y(t_s)) drawn uniformly from the *ends* of the
+      forward solve's accepted steps, excluding the last (t1), as the paper's code
+      does (`rand(sol.t[1:end-1])` with `save_start=false`): never t0 unless the
+      solve took a single step. Samples concentrate where the solver works hardest.
+      A reservoir sample in the solver state: O(1) memory.
 
     Then [`tadiffeq.local_step_estimate`][] takes the step: `kind="error"` returns
     `E * dt`, `kind="stiffness"` the stiffness estimate over the stability boundary.

@@ -73,10 +73,13 @@ class TimeProbe(AbstractStepObserver):
 
 
 class StepReservoir(AbstractStepObserver):
-    """A uniformly random accepted step of the solve, kept as a reservoir sample of
-    one: the n-th accepted step replaces the sample with probability 1/n. Samples the
-    step's *start* `(t0, y0)`, so the sample lies on an accepted step boundary and is
-    never the end time t1. Gradients are stopped.
+    """A uniformly random interior step boundary of the solve: the *end* of one of
+    its accepted steps, excluding the last step's (t1), kept as a reservoir sample of
+    one (the n-th candidate replaces the sample with probability 1/n). The end of
+    step i is the start of step i + 1, so the candidates are the starts of the
+    accepted steps after the first; a solve of a single step keeps its start t0
+    (there is no interior boundary). This is the paper's biased sampling
+    (`rand(sol.t[1:end-1])` with `save_start=false`). Gradients are stopped.
 
     State: `(num_accepted, t_sample, y_sample)`.
     """
@@ -91,8 +94,10 @@ class StepReservoir(AbstractStepObserver):
     def update(self, state, info: StepInfo):
         count, t_sample, y_sample = state
         count = count + 1
+        # Step `count`'s start is candidate `count - 1` (the first step's start, t0,
+        # is no candidate: it is only the fallback, taken at the first step).
         u = jax.random.uniform(jax.random.fold_in(self.key, count))
-        take = u * count < 1.0  # probability 1 / count
+        take = (count == 1) | (u * (count - 1) < 1.0)  # probability 1 / (count - 1)
         t_sample = jnp.where(take, info.t0, t_sample)
         y_new = jax.lax.stop_gradient(info.y0)
         y_sample = jtu.tree_map(
