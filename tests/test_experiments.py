@@ -5,7 +5,9 @@ import json
 import pathlib
 import sys
 
+import equinox as eqx
 import jax
+import numpy as np
 import pytest
 
 import tadiffeq as td
@@ -145,6 +147,13 @@ def test_regularization_mnist_smoke_and_exact_resume(tmp_path, capsys):
          "--out", str(tmp_path / "sde")]
     )  # fmt: skip
     assert all(r["test_nfe"] > 0 for r in sde)
+    # The paper's protocol (its SDE: autonomous fields, Glorot init, lr decay).
+    paper = rm.main(
+        ["--model", "sde", "--protocol", "paper", "--data", "synthetic",
+         "--regularizers", "none", "--steps", "2", "--batch-size", "32",
+         "--out", str(tmp_path / "paper")]
+    )  # fmt: skip
+    assert paper[0]["config"]["weight"] == 1000.0 and paper[0]["sample_nfe"] > 0
 
     cfg = rm.RegConfig(
         regularizer="local", steps=6, batch_size=64, hidden=8, data="synthetic"
@@ -160,6 +169,24 @@ def test_regularization_mnist_smoke_and_exact_resume(tmp_path, capsys):
     with pytest.raises(ValueError, match="another configuration"):
         rm.run(dataclasses.replace(cfg, steps=5), tmp_path / "split")
     assert h_split["data"] == h_full["data"]  # the training data's fingerprint
+
+
+def test_glorot_init_is_luxs_dense(getkey):
+    """`glorot_init` draws every weight uniformly within sqrt(6 / (fan_in +
+    fan_out)) (the time input counted in a TimeLinear's fan_in) with that limit's
+    variance, lim^2 / 3, and zeros every bias."""
+    import regularization_mnist as rm
+
+    cfg = rm.RegConfig(hidden=100)
+    model, _ = eqx.nn.make_with_state(rm.ODEClassifier)(cfg, 784, getkey())
+    model = rm.glorot_init(model, getkey())
+    layers = [*model.node.field.layers, model.head]
+    for layer, (fan_in, fan_out) in zip(layers, [(785, 100), (101, 784), (784, 10)]):
+        w = np.asarray(layer.weight)
+        lim = np.sqrt(6.0 / (fan_in + fan_out))
+        assert np.abs(w).max() <= lim and np.abs(w).max() > 0.95 * lim
+        np.testing.assert_allclose(w.var(), lim**2 / 3, rtol=0.05)
+        assert not np.any(np.asarray(layer.bias))
 
 
 def test_restore_checked_refuses_other_config_or_data(tmp_path):

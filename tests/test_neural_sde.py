@@ -104,32 +104,86 @@ def test_sde_regularizers(reg, getkey):
     assert float(jnp.abs(g_drift).max()) > 0
 
 
-def test_sde_local_step_with_zero_noise_matches_the_ode_estimate(getkey):
-    key = getkey()
-    drift = td.MLPField(3, (16,), norm="none", activation="tanh", key=key)
+def test_sde_initial_step_is_the_sde_heuristic():
+    """The SDE heuristic (StochasticDiffEq.jl's `sde_determine_initdt`) by hand for
+    f = a y, g = c: |f +- 3g| peaks at |a y| + 3c, the trial Euler step changes f by
+    a^2 dt0 y and leaves g, so the change term is |a^2 dt0 y| + 6c; Heun's strong
+    order 1/2 gives dt1 = 0.01 / max(d1, d2)."""
+    a, c, rtol, atol = -1.5, 0.2, 1e-2, 1e-2
+    ctrl = dfx.PIDController(rtol=rtol, atol=atol)
+    sde = td.NeuralSDE(Linear(a), Constant(c), stepsize_controller=ctrl)
+    state = eqx.nn.State(sde)
+    y = np.linspace(-2.0, 3.0, 12, dtype=np.float32).reshape(4, 3)
+    rms = lambda v: np.sqrt(np.mean(v**2))
+    scale = atol + rtol * np.abs(y)
+    d0 = rms(y / scale)
+    d1 = rms((np.abs(a * y) + 3 * c) / scale)
+    dt0 = 0.01 * d0 / d1
+    d2 = rms((np.abs(a**2 * dt0 * y) + 6 * c) / scale) / dt0
+    expected = min(100 * dt0, 0.01 / max(d1, d2), 1.0 - 0.25)
+    got = sde._initial_step(state, jnp.asarray(0.25), jnp.asarray(y))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # A slow field: the heuristic's step is capped at t1 - t.
+    slow = td.NeuralSDE(Linear(1e-6), Constant(1e-6))
+    assert float(slow._initial_step(state, jnp.asarray(0.75), jnp.asarray(y))) == 0.25
+
+
+def test_sde_local_step_with_zero_noise_is_the_ode_step(getkey):
+    """Without noise the SDE's local step is the ODE step of Heun at the SDE
+    heuristic's dt."""
+    drift = td.MLPField(3, (16,), norm="none", activation="tanh", key=getkey())
     sde = td.NeuralSDE(drift, Constant(0.0))
-    node = td.NeuralODE(drift, solver=dfx.Heun())
-    state = eqx.nn.State(node)
-    y = jax.random.normal(getkey(), (4, 3))
-    terms = sde._terms(state, y, getkey())
-    v_sde, n_sde = sde.local_step_estimate(state, 0.3, y, context=terms)
-    v_ode, n_ode = node.local_step_estimate(state, 0.3, y)
-    np.testing.assert_allclose(v_sde, v_ode, rtol=1e-4)
-    assert n_sde == n_ode == 4
-
-
-def test_sde_local_step_of_a_slow_drift_stays_on_the_brownian_tree(getkey):
-    """A slow drift makes the heuristic propose a step longer than the Brownian tree
-    covers; the local step is capped at the tree's end, 2 t1 - t0."""
-    sde = td.NeuralSDE(Linear(1e-6), Constant(0.1))
     state = eqx.nn.State(sde)
     y = jax.random.normal(getkey(), (4, 3))
-    assert float(sde._initial_step(state, 0.5, y)) > 1.5  # past the tree's end, 2
-    terms = sde._terms(state, y, getkey())
-    value, evals = sde.local_step_estimate(state, 0.5, y, context=terms)
-    assert np.isfinite(float(value)) and evals == 4
-    _, _, stats = sde(y, state, key=getkey(), regularizer=td.LocalRegularizer())
-    assert np.isfinite(float(stats.regularization))
+    t = jnp.asarray(0.3)
+    v_sde, n_sde = sde.local_step_estimate(state, t, y, context=getkey())
+    dt = float(sde._initial_step(state, t, y))
+    node = td.NeuralODE(
+        drift, solver=dfx.Heun(), stepsize_controller=dfx.ConstantStepSize(), dt0=dt
+    )
+    v_ode, _ = node.local_step_estimate(state, t, y, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(v_sde, v_ode, rtol=1e-4)
+    assert n_sde == 4
+
+
+def test_sde_local_step_draws_a_fresh_increment_of_variance_dt(getkey):
+    """dy = r y dW (no drift), y = 1: Heun's error estimate is (k2 - k1) / 2 =
+    r^2 dW^2 / 2 per coordinate, so with atol = 1 (rtol negligible) E * dt =
+    rms(r^2 dW^2 / 2) dt -> r^2 sqrt(3) dt^2 / 2 over many coordinates when
+    dW ~ N(0, dt) (E[dW^4] = 3 dt^2). Other keys, other increments."""
+    r = 0.5
+    ctrl = dfx.PIDController(rtol=1e-9, atol=1.0)
+    sde = td.NeuralSDE(Constant(0.0), Linear(r), stepsize_controller=ctrl)
+    state = eqx.nn.State(sde)
+    y = jnp.ones((20000, 1))
+    t = jnp.asarray(0.2)
+    dt = float(sde._initial_step(state, t, y))
+    v1, _ = sde.local_step_estimate(state, t, y, context=jax.random.key(1))
+    v2, _ = sde.local_step_estimate(state, t, y, context=jax.random.key(2))
+    np.testing.assert_allclose(v1, r**2 * np.sqrt(3) * dt**2 / 2, rtol=0.05)
+    assert float(v1) != float(v2)
+
+
+def test_sde_local_step_differentiates_the_first_stage(getkey):
+    """As the paper's SOSRI step: by default the first stage's drift and diffusion
+    are recomputed with the parameters (gradient flows); `stop_first_stage=True`
+    freezes it, which changes the gradient."""
+    sde, state = _sde(getkey())
+    y = jax.random.normal(getkey(), (6, 3))
+    key = getkey()
+
+    def grad(stop):
+        def value(sde):
+            return sde.local_step_estimate(
+                state, 0.4, y, context=key, stop_first_stage=stop
+            )[0]
+
+        return eqx.filter_grad(value)(sde).diffusion.layers[0].weight
+
+    g_default, g_frozen, g_live = grad(None), grad(True), grad(False)
+    np.testing.assert_array_equal(g_default, g_live)
+    diff = np.linalg.norm(g_default - g_frozen)
+    assert np.linalg.norm(g_frozen) > 0 and diff > 0.1 * np.linalg.norm(g_frozen)
 
 
 def test_sde_constant_step_size(getkey):

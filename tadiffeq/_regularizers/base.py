@@ -35,7 +35,7 @@ class SolveResult(eqx.Module):
     y1: PyTree[Array]  # the (possibly augmented) state at the end time
     observed: tuple | None  # the final state of each observer (None if none)
     state: Any  # the normalisation state the solve started from
-    context: Any = None  # model-specific (a NeuralSDE's terms, with its Brownian path)
+    context: Any = None  # model-specific (a NeuralSDE's key for the local step's noise)
 
 
 class AbstractRegularizer(eqx.Module):

@@ -54,7 +54,7 @@ def local_step_estimate(
     kind: Literal["error", "stiffness"] = "error",
     rtol: float | None = None,
     atol: float | None = None,
-    stop_first_stage: bool = True,
+    stop_first_stage: bool | None = None,
 ) -> tuple[Float[Array, ""], int]:
     """One adaptive step of `node`'s solver from `(t, y)`, as the local regularizer
     takes it. Returns `(value, evaluations)`.
@@ -64,8 +64,9 @@ def local_step_estimate(
     (`PIDController.init` with `dt0=None`, gradient stopped), clamped to `t1 - t`
     as the paper's code does (its solver is initialised on `(t, t1)`); a
     constant-step node uses its `dt0`. The first stage f(t, y) is gradient-stopped
-    too, as in the paper's code (`stop_first_stage=False` differentiates it as
-    well); the other stages are differentiable in the parameters. The
+    too, as in the paper's ODE code (`stop_first_stage=None`, the default, or
+    `True`; `False` differentiates it as well); the other stages are
+    differentiable in the parameters. The
     normalisation state is read (training mode normalises with batch statistics
     anyway) and never updated.
 
@@ -110,7 +111,7 @@ def local_step_estimate(
         return jax.tree.map(lambda v: v * dt, f), f, None
 
     f0 = field(t, y, clone_state(state))[0]
-    if stop_first_stage:
+    if stop_first_stage is None or stop_first_stage:
         f0 = jax.lax.stop_gradient(f0)
     k0 = jax.tree.map(lambda v: v * dt, f0)
     stages = run_stages(tab, evaluate, t, dt, y, k0, f0, None, keep_last_f=False)
@@ -148,8 +149,9 @@ class LocalRegularizer(AbstractRegularizer):
     - `kind`: `"error"` (default) or `"stiffness"` (dopri5 and tsit5).
     - `sampling`: `"unbiased"` (default) or `"biased"`.
     - `rtol`, `atol`: the error scaling; default the node's `PIDController`'s.
-    - `stop_first_stage`: freeze the first stage's gradient (default `True`, as the
-      paper's code does).
+    - `stop_first_stage`: freeze the first stage's gradient. Default `None`: as the
+      paper's code, frozen for a [`tadiffeq.NeuralODE`][], differentiated for a
+      [`tadiffeq.NeuralSDE`][] (whose SOSRI step recomputes it).
 
     ??? cite "Reference"
 
@@ -168,7 +170,7 @@ class LocalRegularizer(AbstractRegularizer):
     sampling: str = eqx.field(static=True, default="unbiased")  # or "biased"
     rtol: float | None = eqx.field(static=True, default=None)
     atol: float | None = eqx.field(static=True, default=None)
-    stop_first_stage: bool = eqx.field(static=True, default=True)
+    stop_first_stage: bool | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         if self.kind not in ("error", "stiffness"):
