@@ -111,7 +111,9 @@ def test_sde_initial_step_is_the_sde_heuristic():
     order 1/2 gives dt1 = 0.01 / max(d1, d2)."""
     a, c, rtol, atol = -1.5, 0.2, 1e-2, 1e-2
     ctrl = dfx.PIDController(rtol=rtol, atol=atol)
-    sde = td.NeuralSDE(Linear(a), Constant(c), stepsize_controller=ctrl)
+    sde = td.NeuralSDE(
+        Linear(a), Constant(c), stepsize_controller=ctrl, initial_step_order=0.5
+    )
     state = eqx.nn.State(sde)
     y = np.linspace(-2.0, 3.0, 12, dtype=np.float32).reshape(4, 3)
     rms = lambda v: np.sqrt(np.mean(v**2))
@@ -122,6 +124,11 @@ def test_sde_initial_step_is_the_sde_heuristic():
     d2 = rms((np.abs(a**2 * dt0 * y) + 6 * c) / scale) / dt0
     expected = min(100 * dt0, 0.01 / max(d1, d2), 1.0 - 0.25)
     got = sde._initial_step(state, jnp.asarray(0.25), jnp.asarray(y))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # SOSRI's order 3/2 (the default): dt1 = (0.01 / max(d1, d2))**(1/2).
+    sosri = td.NeuralSDE(Linear(a), Constant(c), stepsize_controller=ctrl)
+    expected = min(100 * dt0, np.sqrt(0.01 / max(d1, d2)), 1.0 - 0.25)
+    got = sosri._initial_step(state, jnp.asarray(0.25), jnp.asarray(y))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     # A slow field: the heuristic's step is capped at t1 - t.
     slow = td.NeuralSDE(Linear(1e-6), Constant(1e-6))
