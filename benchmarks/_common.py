@@ -19,7 +19,6 @@ import numpy as np
 import optax
 
 import tadiffeq as td
-from tadiffeq._models.conv import _resolve_impl
 
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -239,7 +238,7 @@ def environment() -> dict:
         diffrax=dfx.__version__ if hasattr(dfx, "__version__") else _version("diffrax"),
         optax=optax.__version__,
         xla_flags=os.environ.get("XLA_FLAGS", ""),
-        conv_impl=_resolve_impl("auto"),  # TADIFFEQ_CONV_IMPL overrides
+        conv_impl=td.conv_impl(),  # TADIFFEQ_CONV_IMPL overrides
     )
     try:
         with open("/proc/loadavg") as f:

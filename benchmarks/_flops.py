@@ -15,13 +15,13 @@ import math
 import os
 import statistics
 
-import _common as C
 import jax
 import jax.numpy as jnp
 from jax.extend import core as jex_core
 
 import tadiffeq as td
-from tadiffeq._models.conv import tap_mask
+
+from . import _common as C
 
 
 def conv_flops(lhs_shape, rhs_shape, out_shape, params) -> int:
@@ -38,7 +38,7 @@ def conv_flops(lhs_shape, rhs_shape, out_shape, params) -> int:
     taps = 1
     for d in range(ndim):
         taps *= int(
-            tap_mask(
+            td.tap_mask(
                 lhs_shape[lhs_spec[2 + d]],
                 rhs_shape[rhs_spec[2 + d]],
                 params["window_strides"][d],

@@ -13,17 +13,18 @@ monitoring events) and asserts, with trace counters and
 
 The script exits with an AssertionError if any of these fails.
 
-    python benchmarks/bench_compile.py --model conv6 --batch 32 64
+    python -m benchmarks.bench_compile --model conv6 --batch 32 64
 """
 
 import collections
 import time
 
-import _common as C
 import equinox as eqx
 import jax
 import jax.monitoring
 import optax
+
+from . import _common as C
 
 
 EVENTS = {

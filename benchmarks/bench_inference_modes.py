@@ -7,14 +7,15 @@ rest of the batch, nor do its step sizes) against the whole batch solved jointly
 Same weights and running statistics (one training-mode forward pass) for both;
 timed interleaved (one repeat of each in turn), median over `--repeats`.
 
-    python benchmarks/bench_inference_modes.py --model conv6 mlp --batch 32 256
+    python -m benchmarks.bench_inference_modes --model conv6 mlp --batch 32 256
 """
 
-import _common as C
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from . import _common as C
 
 
 MODES = {"joint": False, "per-sample": True}

@@ -13,7 +13,7 @@ Two figures, which measure different things:
   building the model (and, for JAX, compiling), so the figure is the step's own
   growth, allocator overhead included. Linux only.
 
-    python benchmarks/bench_memory.py --model conv6 --batch 256
+    python -m benchmarks.bench_memory --model conv6 --batch 256
 """
 
 import json
@@ -52,7 +52,7 @@ def child(side: str, mode: str, model: str, batch: int, seed: int, solve: dict) 
     max_steps and hidden, as the command line gave them."""
     import time
 
-    import _common as C
+    from . import _common as C
 
     x, y = C.make_data(model, batch, seed)
     if side == "jax":
@@ -85,7 +85,8 @@ def child(side: str, mode: str, model: str, batch: int, seed: int, solve: dict) 
         import numpy as np
         import torch
         import torch.nn.functional as F
-        import torch_reference as R
+
+        from . import torch_reference as R
 
         torch.set_num_threads(os.cpu_count())
         jm, js = C.build_jax(model, seed=seed, **solve)
@@ -128,7 +129,7 @@ def child(side: str, mode: str, model: str, batch: int, seed: int, solve: dict) 
 
 
 def main():
-    import _common as C
+    from . import _common as C
 
     p = C.base_parser(__doc__.splitlines()[0])
     p.set_defaults(batch=[256], model=["conv6", "mlp"])
@@ -158,9 +159,10 @@ def main():
             configs = [("jax", a) for a in args.jax_adjoints]
             configs += [("torch", m) for m in torch_modes]
             for side, mode in configs:
-                cmd = [sys.executable, __file__, "--child", side, mode, model]
+                cmd = [sys.executable, "-m", __spec__.name, "--child", side, mode]
+                cmd += [model]
                 cmd += [str(batch), str(args.seed), json.dumps(solve)]
-                proc = subprocess.run(cmd, capture_output=True, text=True)
+                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=C.ROOT)
                 lines = [
                     ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")
                 ]

@@ -12,15 +12,16 @@ under an adaptive controller. So the step is timed twice:
 
 The normalisations are timed interleaved (one repeat of each in turn).
 
-    python benchmarks/bench_norm_overhead.py --model conv6 --batch 32 --repeats 20
+    python -m benchmarks.bench_norm_overhead --model conv6 --batch 32 --repeats 20
 """
 
-import _common as C
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 import tadiffeq as td
+
+from . import _common as C
 
 
 #: (height, width, channels) of the normalised activations of each field.

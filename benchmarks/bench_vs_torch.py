@@ -27,7 +27,7 @@ comparison.
 The torch side is skipped when torch or torchdiffeq is not installed; on a GPU
 machine `--torch-device cuda` runs it there (synchronised before every clock read).
 
-    python benchmarks/bench_vs_torch.py --model conv6 --batch 32 --repeats 20
+    python -m benchmarks.bench_vs_torch --model conv6 --batch 32 --repeats 20
 """
 
 import os
@@ -38,16 +38,17 @@ import sys
 # ops ~30x slower when other processes load the cores; passive waiting avoids it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import _common as C  # noqa: E402
-import _flops  # noqa: E402
-import equinox as eqx  # noqa: E402
-import numpy as np  # noqa: E402
+import equinox as eqx
+import numpy as np
+
+from . import _common as C, _flops
 
 
 try:
     import torch
     import torch.nn.functional as F
-    import torch_reference as R
+
+    from . import torch_reference as R
 except ImportError as e:  # pragma: no cover - depends on the environment
     torch = None
     _TORCH_ERROR = str(e)

@@ -36,7 +36,7 @@ EOF
 # Seconds per model (compilation of both JAX adjoints included); the U-Net first.
 for spec in "unet:${UNET_TIMEOUT:-300}" "conv6:${CONV6_TIMEOUT:-180}"; do
   model=${spec%%:*}
-  timeout "${spec##*:}" python benchmarks/bench_vs_torch.py \
+  timeout "${spec##*:}" python -m benchmarks.bench_vs_torch \
     --model "$model" --batch "$BATCH" --repeats "${REPEATS:-20}" \
     --torch-device "$TORCH_DEVICE" --peak-gflops "$PEAK" \
     --out "$OUT/vs_torch_${model}_b${BATCH}_gpu.json" 2>&1 |

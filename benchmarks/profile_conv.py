@@ -14,20 +14,21 @@ sequential forward passes, input gradients (dX) and weight gradients (dW) inside
 
 All implementations of a layer are timed interleaved (one call of each in turn).
 
-    python benchmarks/profile_conv.py --batch 32
-    python benchmarks/profile_conv.py --batch 32 256 --repeats 5 --impls im2col torch
+    python -m benchmarks.profile_conv --batch 32
+    python -m benchmarks.profile_conv --batch 32 256 --repeats 5 --impls im2col torch
 """
 
 import os
 import statistics
 
-import _common as C
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import numpy as np
 
-from tadiffeq._models.conv import _GEOMETRY, conv2d
+import tadiffeq as td
+
+from . import _common as C
 
 
 SPEC = [
@@ -43,8 +44,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_vs_torch.py
 
 
 def make_conv(mode, impl):
-    stride, padding, dilation = _GEOMETRY[mode]
-    return lambda x, w: conv2d(x, w, stride, padding, dilation, impl=impl)
+    stride, padding, dilation = td.conv_geometry(mode)
+    return lambda x, w: td.conv2d(x, w, stride, padding, dilation, impl=impl)
 
 
 def in_loop(g, n, *, update="a"):

@@ -8,7 +8,7 @@ hands to YNNPACK, `pad_slice_fusion` / `concatenate` the im2col data movement,
 writes of stored residuals, ...). Use `--hlo` to also save the optimised HLO, where
 each name can be looked up.
 
-    python benchmarks/profile_ops.py --model conv6 --batch 32 --adjoint checkpoint
+    python -m benchmarks.profile_ops --model conv6 --batch 32 --adjoint checkpoint
 """
 
 import collections
@@ -17,9 +17,10 @@ import json
 import pathlib
 import tempfile
 
-import _common as C
 import equinox as eqx
 import jax
+
+from . import _common as C
 
 
 # Trace events that are containers (the whole executable, loops, thread-pool waits)

@@ -10,19 +10,20 @@ Times (median of `--repeats`, after compilation, with `jax.block_until_ready`):
   w.r.t. the kernel), inside the loop; for the 6-conv field only (for the U-Net
   see `profile_conv.py`, `profile_ops.py`).
 
-    python benchmarks/profile_step.py --model conv6 --batch 32
+    python -m benchmarks.profile_step --model conv6 --batch 32
 """
 
 import functools
 import itertools
 import os
 
-import _common as C
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 import tadiffeq as td
+
+from . import _common as C
 
 
 def in_loop(f, n):
@@ -90,7 +91,6 @@ def field_breakdown(args, model, state, x) -> list[dict]:
 
 def conv_breakdown(args, model, x) -> list[dict]:
     """Each TimeConv2d of the field alone, inside the loop: forward, dX, dW."""
-    from tadiffeq._models.conv import _GEOMETRY, conv2d
 
     field = model.ode.field
     convs = []
@@ -109,7 +109,7 @@ def conv_breakdown(args, model, x) -> list[dict]:
         ho, wo = conv.output_shape(h.shape[1], h.shape[2])
         h = jnp.zeros((h.shape[0], ho, wo, conv.out_channels), h.dtype)
     for i, (conv, shape) in enumerate(zip(convs, shapes)):
-        stride, padding, dilation = _GEOMETRY[conv.mode]
+        stride, padding, dilation = td.conv_geometry(conv.mode)
         w = conv.weight[:, :, :-1, :]
         xin = jax.random.normal(jax.random.PRNGKey(i), shape)
         fwd = functools.partial(_positional, conv2d, stride, padding, dilation)
@@ -138,7 +138,7 @@ def conv_breakdown(args, model, x) -> list[dict]:
 
 
 def _positional(conv2d, stride, padding, dilation, x, w):
-    return conv2d(x, w, stride, padding, dilation)
+    return td.conv2d(x, w, stride, padding, dilation)
 
 
 def main():

@@ -1,13 +1,13 @@
 """Markdown tables from the JSON files in `results/benchmarks/` (for
 `docs/benchmarks.md`).
 
-    python benchmarks/report.py
+    python -m benchmarks.report
 """
 
 import json
 import pathlib
 
-import _common as C
+from . import _common as C
 
 
 def _load(path: pathlib.Path):

@@ -21,13 +21,12 @@ own), training NFE per step, prediction time per test batch (median of repeats a
 compilation) and training time. Checkpoints every --checkpoint-every steps to --out
 and resumes from there exactly.
 
-    python experiments/latent_ode.py --regularizers none,local,global
+    python -m experiments.latent_ode --regularizers none,local,global
 """
 
 import argparse
 import dataclasses
 import pathlib
-import sys
 import time
 from dataclasses import dataclass
 
@@ -39,10 +38,14 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+import tadiffeq as td
+from tadiffeq.data import (
+    generate_physionet,
+    iterate_batches,
+    load_physionet,
+)
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
+from .common import (
     add_baseline_ratios,
     data_fingerprint,
     positive_int,
@@ -50,13 +53,6 @@ from common import (  # noqa: E402
     regularization_weights,
     restore_checked,
     write_json,
-)
-
-import tadiffeq as td  # noqa: E402
-from tadiffeq.data import (  # noqa: E402
-    generate_physionet,
-    iterate_batches,
-    load_physionet,
 )
 
 

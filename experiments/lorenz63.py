@@ -30,8 +30,8 @@ eps = 0.1) and `authors-fehlberg` (Fehlberg training, eps = 0.1), evaluated with
 same inference rule and every metric above, without training (`--solvers none`
 evaluates only them).
 
-    python experiments/lorenz63.py --iterations 300
-    python experiments/lorenz63.py --solvers none --authors-models DIR
+    python -m experiments.lorenz63 --iterations 300
+    python -m experiments.lorenz63 --solvers none --authors-models DIR
 """
 
 import argparse
@@ -40,7 +40,6 @@ import functools
 import hashlib
 import json
 import pathlib
-import sys
 import time
 from dataclasses import dataclass
 
@@ -51,14 +50,11 @@ import numpy as np
 import optax
 from jaxtyping import Array
 
+import tadiffeq as td
+import tadiffeq.dynamics as tdd
+from tadiffeq.data import generate_lorenz63, load_lorenz63
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-from common import print_table, workspace_data, write_json  # noqa: E402
-
-import tadiffeq as td  # noqa: E402
-import tadiffeq.dynamics as tdd  # noqa: E402
-from tadiffeq.data import generate_lorenz63, load_lorenz63  # noqa: E402
+from .common import print_table, workspace_data, write_json
 
 
 SOLVERS = (

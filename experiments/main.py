@@ -12,19 +12,16 @@ trains the small augmented Neural ODE of `regularization_toy.py` without and wit
 local and global regularizers (same seed) and reports the test NFE.
 Figures go to `--out`.
 
-    python experiments/main.py                 # 2 to 4 minutes on 2 CPU cores
-    python experiments/main.py --data synthetic --epochs 1
+    python -m experiments.main                 # 2 to 4 minutes on 2 CPU cores
+    python -m experiments.main --data synthetic --epochs 1
 """
 
 import argparse
 import pathlib
-import sys
 import time
 
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
+from . import regularization_toy as toy
+from .common import (
     ClassifierConfig,
     evaluate,
     load_image_data,
@@ -109,14 +106,12 @@ def main(argv=None):
     )  # fmt: skip
     reg_rows = []
     if args.reg_steps:
-        import regularization_toy
-
         print("\nLocal regularization of the solver's error estimate (toy task):")
-        reg_rows = regularization_toy.main(
-            ["--regularizers", "none,local,global", "--weights", "0,3,10",
-             "--steps", str(args.reg_steps), "--seed", str(args.seed),
-             "--out", str(pathlib.Path(args.out) / "regularization")]
-        )  # fmt: skip
+        configs = [
+            toy.ToyConfig(regularizer=n, weight=w, steps=args.reg_steps, seed=args.seed)
+            for n, w in (("none", 0.0), ("local", 3.0), ("global", 10.0))
+        ]
+        reg_rows = toy.run_all(configs, pathlib.Path(args.out) / "regularization")
         base = reg_rows[0]["test_nfe"]
         for r in reg_rows[1:]:
             print(f"  {r['regularizer']}: test NFE x{r['test_nfe'] / base:.2f}")

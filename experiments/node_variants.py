@@ -18,8 +18,8 @@ clip 10, TA-BN affine penalty 0.1), and evaluated in inference mode at test batc
 and 2 (accuracy, mean test NFE per sample, parameters). Checkpoints per epoch under
 `--out` (a rerun resumes); writes `node_variants.json` and `node_variants.png`.
 
-    python experiments/node_variants.py               # 6 runs of ~1-4 min on 2 cores
-    python experiments/node_variants.py --variants node,aug16 --norms none,tabn,popti
+    python -m experiments.node_variants               # 6 runs of ~1-4 min on 2 cores
+    python -m experiments.node_variants --variants node,aug16 --norms none,tabn,popti
 """
 
 import argparse
@@ -30,10 +30,9 @@ from dataclasses import dataclass, field
 
 import jax
 
+import tadiffeq as td
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
+from .common import (
     build_classifier,
     ClassifierConfig,
     evaluate,
@@ -44,8 +43,6 @@ from common import (  # noqa: E402
     train_classifier,
     write_json,
 )
-
-import tadiffeq as td  # noqa: E402
 
 
 NAMES = {"node": "NODE", "hbnode": "HBNODE", "sonode": "SONODE"}

@@ -1,7 +1,7 @@
 """Parameter counts of the unmixed classifiers, with and without TA-BN's per-grid
 affine, and with the other normalisations (the tables in docs/models.md).
 
-    python experiments/param_counts.py [--num-intervals 100] [--seed 0]
+    python -m experiments.param_counts [--num-intervals 100] [--seed 0]
 """
 
 import argparse

@@ -31,8 +31,8 @@ Evaluation (inference mode), at test batch `--test-batch` and at 2:
 Writes `physical_system.json` and `physical_system.png` (predicted vs true trajectory
 of a test initial condition; MAE bars).
 
-    python experiments/physical_system.py      # 4 models, ~17 min on 2 busy cores
-    python experiments/physical_system.py --norms tabn,none --steps 500
+    python -m experiments.physical_system      # 4 models, ~17 min on 2 busy cores
+    python -m experiments.physical_system --norms tabn,none --steps 500
 """
 
 import argparse
@@ -49,18 +49,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import tadiffeq as td
+from tadiffeq.data import generate_pendulum_chain
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
+from .common import (
     positive_int,
     print_table,
     restore_checked,
     write_json,
 )
-
-import tadiffeq as td  # noqa: E402
-from tadiffeq.data import generate_pendulum_chain  # noqa: E402
 
 
 @dataclass

@@ -14,13 +14,12 @@ of the whole test split and training time. Data: the offline MNIST split (first 
 test images train, last 2,000 evaluate). Checkpoints every --checkpoint-every steps to
 --out and resumes from there.
 
-    python experiments/regularization_mnist.py --model ode --regularizer local
+    python -m experiments.regularization_mnist --model ode --regularizer local
 """
 
 import argparse
 import dataclasses
 import pathlib
-import sys
 import time
 from dataclasses import dataclass
 
@@ -31,10 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import tadiffeq as td
+from tadiffeq.data import iterate_batches
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
+from .common import (
     add_baseline_ratios,
     data_fingerprint,
     load_image_data,
@@ -44,9 +43,6 @@ from common import (  # noqa: E402
     restore_checked,
     write_json,
 )
-
-import tadiffeq as td  # noqa: E402
-from tadiffeq.data import iterate_batches  # noqa: E402
 
 
 REGULARIZERS = {

@@ -6,12 +6,11 @@ augmented Neural ODE (2 + 2 zero channels, tanh MLP field 4 -> 32 -> 4, tsit5 wi
 rtol = atol = 1e-4, then a linear layer), trained full batch with Adam. Compares the
 test NFE and accuracy of the unregularized model with regularized ones, same seed.
 
-    python experiments/regularization_toy.py --seed 0
+    python -m experiments.regularization_toy --seed 0
 """
 
 import argparse
 import pathlib
-import sys
 import time
 from dataclasses import dataclass
 
@@ -21,12 +20,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+import tadiffeq as td
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-from common import positive_int, print_table, write_json  # noqa: E402
-
-import tadiffeq as td  # noqa: E402
+from .common import positive_int, print_table, write_json
 
 
 @dataclass
@@ -136,11 +132,19 @@ def main(argv=None):
     weights = [float(w) for w in args.weights.split(",")]
     if len(weights) != len(names):
         raise ValueError("--weights needs one weight per regularizer.")
-    rows = [
-        run(ToyConfig(regularizer=n, weight=w, steps=args.steps, seed=args.seed))
+    configs = [
+        ToyConfig(regularizer=n, weight=w, steps=args.steps, seed=args.seed)
         for n, w in zip(names, weights)
     ]
-    print(f"Toy task, {args.steps} full-batch Adam steps, seed {args.seed}:")
+    return run_all(configs, pathlib.Path(args.out))
+
+
+def run_all(configs: list[ToyConfig], out: pathlib.Path) -> list[dict]:
+    """Runs every config (one row each), prints the table and writes
+    `out/toy.json`. The configs share `steps` and `seed`."""
+    rows = [run(cfg) for cfg in configs]
+    steps, seed = configs[0].steps, configs[0].seed
+    print(f"Toy task, {steps} full-batch Adam steps, seed {seed}:")
     print_table(
         rows,
         [
@@ -149,7 +153,7 @@ def main(argv=None):
             ("train_nfe", "train NFE/step"), ("train_s", "train s"),
         ],
     )  # fmt: skip
-    write_json(pathlib.Path(args.out) / "toy.json", dict(seed=args.seed, rows=rows))
+    write_json(out / "toy.json", dict(seed=seed, rows=rows))
     return rows
 
 

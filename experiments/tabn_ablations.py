@@ -25,23 +25,21 @@ Every run uses the paper's recipe (`common.ClassifierConfig`: AdamW 1e-3, weight
 2e-2, lr x0.1 at half the steps, clip 10, affine penalty 0.1 for TA-BN), checkpoints
 per epoch under `--out` and resumes. Writes `<study>.json` and `<study>.png`.
 
-    python experiments/tabn_ablations.py --study noise,solver,grid,stats
-    python experiments/tabn_ablations.py --study depth --conv-width 8 --train-limit 4000
+    python -m experiments.tabn_ablations --study noise,solver,grid,stats
+    python -m experiments.tabn_ablations --study depth --conv-width 8 --train-limit 4000
 """
 
 import argparse
 import dataclasses
 import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import tadiffeq as td
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
+from .common import (
     ClassifierConfig,
     evaluate,
     load_image_data,
@@ -50,8 +48,6 @@ from common import (  # noqa: E402
     train_classifier,
     write_json,
 )
-
-import tadiffeq as td  # noqa: E402
 
 
 STUDIES = ("noise", "solver", "grid", "depth", "stats", "coverage")

@@ -19,8 +19,8 @@ Checkpoints per epoch under `--out` (a rerun resumes exactly); writes
 `<preset>.json` and `<preset>.png`. Full-scale runs need a GPU (convolutions inside a
 solve are slow on CPU; see docs/benchmarks.md).
 
-    python experiments/tabn_images.py --preset cifar10            # GPU, the paper's run
-    python experiments/tabn_images.py --preset cifar10 --mock 8 --widths 4,8 \\
+    python -m experiments.tabn_images --preset cifar10            # GPU, the paper's run
+    python -m experiments.tabn_images --preset cifar10 --mock 8 --widths 4,8 \\
         --batch-size 4 --epochs 1 --eval-batch 4                  # smoke run, CPU
 """
 
@@ -32,12 +32,17 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+import jax
+import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import tadiffeq as td
+from tadiffeq.data import (
+    image_dataset_info,
+    ImageAugmentation,
+    load_image_dataset,
+)
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from common import (  # noqa: E402
+from .common import (
     build_classifier,
     ClassifierConfig,
     evaluate,
@@ -46,13 +51,6 @@ from common import (  # noqa: E402
     train_classifier,
     workspace_data,
     write_json,
-)
-
-import tadiffeq as td  # noqa: E402
-from tadiffeq.data import (  # noqa: E402
-    image_dataset_info,
-    ImageAugmentation,
-    load_image_dataset,
 )
 
 

@@ -10,7 +10,14 @@ from ._models.classifier import (
     count_parameters as count_parameters,
     UnmixedClassifier as UnmixedClassifier,
 )
-from ._models.conv import conv2d as conv2d, TimeConv2d as TimeConv2d
+from ._models.conv import (
+    conv2d as conv2d,
+    conv_geometry as conv_geometry,
+    conv_impl as conv_impl,
+    conv_strategy as conv_strategy,
+    tap_mask as tap_mask,
+    TimeConv2d as TimeConv2d,
+)
 from ._models.conv_field import (
     conv_field_spec as conv_field_spec,
     ConvField as ConvField,
@@ -45,6 +52,7 @@ from ._regularizers.base import (
     AbstractRegularizer as AbstractRegularizer,
     Plan as Plan,
     SolveResult as SolveResult,
+    SolveSpec as SolveSpec,
 )
 from ._regularizers.global_ import GlobalRegularizer as GlobalRegularizer
 from ._regularizers.kinetic import RNODE as RNODE

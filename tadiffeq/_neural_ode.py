@@ -12,7 +12,8 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree, Shaped
 
 from ._norm.base import norm_layers
 from ._norm.tabn import TABatchNorm
-from ._regularizers.base import AbstractRegularizer, Plan, SolveResult
+from ._regularizers.base import AbstractRegularizer, Plan, SolveResult, SolveSpec
+from ._regularizers.local import local_step_estimate
 from ._solver.controllers import check_tolerances, pid_controller, with_error_norm
 from ._solver.stateful import clone_state, StatefulField, StatefulSolver, time_dtype
 
@@ -320,12 +321,16 @@ class NeuralODE(eqx.Module):
         return self._readout(ys), new_state, stats
 
     def local_step_estimate(self, state, t, y, **kwargs):
-        """See [`tadiffeq.local_step_estimate`][] (the `context` keyword, used by
-        `NeuralSDE`, is ignored)."""
-        from ._regularizers.local import local_step_estimate
-
-        kwargs.pop("context", None)
+        """[`tadiffeq.local_step_estimate`][] of this node."""
         return local_step_estimate(self, state, t, y, **kwargs)
+
+    def spec(self) -> SolveSpec:
+        """This node's training solve as regularizers see it."""
+        return SolveSpec(
+            field=self.field, solver=self.solver,
+            stepsize_controller=self.stepsize_controller, adjoint=self.adjoint,
+            t0=self.t0, t1=self.t1, dt0=self.dt0,
+        )  # fmt: skip
 
     def _check_regularizer(self, regularizer, key, per_sample, ts):
         if not isinstance(regularizer, AbstractRegularizer):
@@ -394,7 +399,12 @@ class NeuralODE(eqx.Module):
         return ys if readout is None else readout(ys)
 
     def _solve(self, y0, state, ts, regularizer=None, key=None, jitter_key=None):
-        plan = Plan() if regularizer is None else regularizer.plan(self, y0, key)
+        spec = self.spec()
+        plan = (
+            Plan()
+            if regularizer is None
+            else regularizer.plan(spec=spec, y0=y0, key=key)
+        )
         field, y_init, controller = self.field, y0, self.stepsize_controller
         if plan.augment is not None:
             field, y_init, restrict = plan.augment(self.field, y0)
@@ -473,7 +483,7 @@ class NeuralODE(eqx.Module):
         value, extra = jnp.zeros((), tdt), 0
         if regularizer is not None:
             result = SolveResult(plan=plan, y1=y_end, observed=observed, state=state)
-            value, extra = regularizer.finish(self, result)
+            value, extra = regularizer.finish(spec=spec, result=result)
         if plan.augment is not None:
             ys = ys[0]
         evals = solver.num_evaluations(sol.stats["num_steps"]) + num_heuristic

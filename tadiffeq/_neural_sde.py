@@ -9,14 +9,13 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
-from jaxtyping import Array, PRNGKeyArray, PyTree, Shaped
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Shaped
 
 from ._misc import check_positive_int
 from ._neural_ode import SolveStats
 from ._norm.base import norm_layers
-from ._regularizers.base import AbstractRegularizer, Plan, SolveResult
-from ._regularizers.global_ import GlobalRegularizer
-from ._regularizers.local import controller_tolerances, LocalRegularizer
+from ._regularizers.base import AbstractRegularizer, Plan, SolveResult, SolveSpec
+from ._solver.controllers import controller_tolerances
 from ._solver.estimates import scaled_error
 from ._solver.stateful import clone_state, run_stages, StatefulSolver, time_dtype
 
@@ -225,14 +224,17 @@ class NeuralSDE(eqx.Module):
             dfx.ControlTerm(_DiagonalDiffusion(self.diffusion, state), bm),
         )
 
-    def _initial_step(self, state, t, y):
-        """The SDE initial-step heuristic on drift *and* diffusion
-        (`_sde_initial_step`, as the paper's SOSRI solves start; gradient stopped),
-        at most `t1 - t`; `dt0` for a non-adaptive controller. `t` in the state's
-        time dtype (`time_dtype`)."""
+    def initial_step(
+        self, state: eqx.nn.State, t: ArrayLike, y: Float[Array, "batch ..."]
+    ) -> Float[Array, ""]:
+        """The first step size of an adaptive solve from `(t, y)` (time units):
+        StochasticDiffEq.jl's SDE heuristic on drift *and* diffusion
+        (`sde_determine_initdt`, as the paper's SOSRI solves start, with
+        `initial_step_order`), at most `t1 - t`, gradient stopped; `dt0` for a
+        non-adaptive controller. `t` in the state's float dtype."""
         if not self._adaptive:
             return jnp.asarray(self.dt0, jnp.result_type(t))
-        rtol, atol, norm = controller_tolerances(self, None, None)
+        rtol, atol, norm = controller_tolerances(self.stepsize_controller, None, None)
         dt = _sde_initial_step(
             _Drift(self.drift, state), _DiagonalDiffusion(self.diffusion, state),
             t, y, t_end=jnp.asarray(self.t1, jnp.result_type(t)), rtol=rtol,
@@ -258,16 +260,24 @@ class NeuralSDE(eqx.Module):
             raise TypeError(f"`x` must be a floating-point array, got {x.dtype}.")
         lift = getattr(self.drift, "lift", None)
         y0 = x if lift is None else lift(x)
-        if regularizer is not None:
-            ok = isinstance(regularizer, (LocalRegularizer, GlobalRegularizer))
-            if not ok or regularizer.kind != "error":
-                raise ValueError(
-                    "NeuralSDE supports LocalRegularizer(kind='error') and "
-                    f"GlobalRegularizer(kind='error'), got {regularizer!r}."
-                )
+        if regularizer is not None and not regularizer.supports_sde:
+            raise ValueError(
+                f"{type(regularizer).__name__} does not regularize a NeuralSDE's "
+                "solve (LocalRegularizer and GlobalRegularizer, kind='error', do)."
+            )
         bm_key, reg_key = jax.random.split(key)
         plan_key, noise_key = jax.random.split(reg_key)
-        plan = Plan() if regularizer is None else regularizer.plan(self, y0, plan_key)
+        spec = SolveSpec(
+            field=self.drift, solver=self.solver,
+            stepsize_controller=self.stepsize_controller, adjoint=None, t0=self.t0,
+            t1=self.t1, dt0=self.dt0, local_step=self.local_step_estimate,
+            stochastic=True,
+        )  # fmt: skip
+        plan = (
+            Plan()
+            if regularizer is None
+            else regularizer.plan(spec=spec, y0=y0, key=plan_key)
+        )
         terms = self._terms(state, y0, bm_key)
         solver = _StratonovichSolver(self.solver, plan.observers)
         num_heuristic = 0
@@ -276,7 +286,7 @@ class NeuralSDE(eqx.Module):
         t0, t1 = jnp.asarray(self.t0, tdt), jnp.asarray(self.t1, tdt)
         dt0 = None if self.dt0 is None else jnp.asarray(self.dt0, tdt)
         if dt0 is None:
-            dt0 = self._initial_step(state, t0, y0)
+            dt0 = self.initial_step(state, t0, y0)
             num_heuristic = 2
         sol = dfx.diffeqsolve(
             terms,
@@ -294,9 +304,9 @@ class NeuralSDE(eqx.Module):
         value, extra = jnp.zeros((), tdt), 0
         if regularizer is not None:
             result = SolveResult(
-                plan=plan, y1=y1, observed=observed, state=state, context=noise_key
+                plan=plan, y1=y1, observed=observed, state=state, key=noise_key
             )
-            value, extra = regularizer.finish(self, result)
+            value, extra = regularizer.finish(spec=spec, result=result)
         evals = solver.num_evaluations(sol.stats["num_steps"], stateful=False)
         stats = SolveStats.of(sol, evals + num_heuristic, value, extra)
         readout = getattr(self.drift, "readout", None)
@@ -312,25 +322,23 @@ class NeuralSDE(eqx.Module):
         rtol: float | None = None,
         atol: float | None = None,
         stop_first_stage: bool | None = None,
-        context: PRNGKeyArray | None = None,
-    ):
+        key: PRNGKeyArray | None = None,
+    ) -> tuple[Float[Array, ""], int]:
         """One adaptive step of the SDE solver from `(t, y)`, as the paper's code
-        takes it: dt from the SDE heuristic (`_initial_step`, on drift and
+        takes it: dt from the SDE heuristic (`initial_step`, on drift and
         diffusion, at most `t1 - t`), a fresh Brownian increment dW ~ N(0, dt)
-        drawn from `context` (a key; independent of the training solve's path),
+        drawn from `key` (independent of the training solve's path),
         and every stage, the first included, differentiable in the parameters
         (`stop_first_stage=True` freezes the first). `y`, `t` and dt are
         gradient-stopped. Returns `(E * dt, evals)`."""
-        if kind != "error" or context is None:
-            raise ValueError(
-                "NeuralSDE's local step needs kind='error' and a key (`context`)."
-            )
+        if kind != "error" or key is None:
+            raise ValueError("NeuralSDE's local step needs kind='error' and a `key`.")
         tab = StatefulSolver(self.solver).tableau
-        rtol_, atol_, norm = controller_tolerances(self, rtol, atol)
+        rtol_, atol_, norm = controller_tolerances(self.stepsize_controller, rtol, atol)
         t = jax.lax.stop_gradient(jnp.asarray(t, time_dtype(y)))
         y = jax.lax.stop_gradient(y)
-        dt = self._initial_step(state, t, y)
-        dw = jnp.sqrt(dt) * jax.random.normal(context, y.shape, y.dtype)
+        dt = self.initial_step(state, t, y)
+        dw = jnp.sqrt(dt) * jax.random.normal(key, y.shape, y.dtype)
         drift, diffusion = _Drift(self.drift, state), self.diffusion
 
         def evaluate(tt, z, _):

@@ -10,11 +10,7 @@ import pytest
 from conftest import REPO
 
 import tadiffeq as td
-from tadiffeq._models.conv import _GEOMETRY
-
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-import _flops  # noqa: E402
+from benchmarks import _flops
 
 
 def _count(f, *args):
@@ -28,9 +24,9 @@ def test_conv_flops_by_hand():
     to 3 outputs but the first to 2 (11)."""
     x = jnp.ones((1, 5, 5, 2))
     w = jnp.ones((3, 3, 2, 3))
-    same = lambda x, w: td.conv2d(x, w, *_GEOMETRY["same"], impl="xla")
+    same = lambda x, w: td.conv2d(x, w, *td.conv_geometry("same"), impl="xla")
     assert _count(same, x, w) == {"conv": 2 * 2 * 3 * 13 * 13, "dot": 0}
-    up = lambda x, w: td.conv2d(x, w, *_GEOMETRY["up"], impl="xla")
+    up = lambda x, w: td.conv2d(x, w, *td.conv_geometry("up"), impl="xla")
     assert _count(up, jnp.ones((1, 4, 4, 2)), w)["conv"] == 2 * 2 * 3 * 11 * 11
 
 
@@ -39,7 +35,7 @@ def test_conv_flops_by_hand():
 def test_conv_flops_count_the_taps_on_real_pixels(mode, size):
     """With one channel in and out, a conv of ones by ones sums, over the output, the
     taps that read a real pixel: the count times 2 B C_in C_out."""
-    stride, pad, dil = _GEOMETRY[mode]
+    stride, pad, dil = td.conv_geometry(mode)
     x1, w1 = jnp.ones((1, *size, 1)), jnp.ones((3, 3, 1, 1))
     taps = float(jnp.sum(td.conv2d(x1, w1, stride, pad, dil, impl="xla")))
     x, w = jnp.ones((2, *size, 3)), jnp.ones((3, 3, 3, 4))
@@ -73,7 +69,7 @@ def test_field_flops_of_the_six_conv_field(getkey, monkeypatch):
     counted = _flops.field_flops(field, state, y)
     expected, h = 0, 8
     for cin, cout, mode in td.conv_field_spec(3, 6):
-        stride, pad, dil = _GEOMETRY[mode]
+        stride, pad, dil = td.conv_geometry(mode)
         x1 = jnp.ones((1, h, h, 1))
         out = td.conv2d(x1, jnp.ones((3, 3, 1, 1)), stride, pad, dil, impl="xla")
         expected += 2 * 2 * cin * cout * float(jnp.sum(out))
@@ -105,10 +101,12 @@ def test_bench_vs_torch_without_torch(tmp_path):
     (tmp_path / "torch.py").write_text("raise ImportError('torch hidden by the test')")
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_vs_torch.py"),
+    cmd = [sys.executable, "-m", "benchmarks.bench_vs_torch",
            "--model", "mlp", "--batch", "2", "--repeats", "1", "--warmup", "0",
            "--jax-adjoints", "backsolve", "--out", str(out)]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "torch side skipped: torch hidden by the test" in proc.stderr
     result = json.loads(out.read_text())
@@ -125,7 +123,7 @@ def test_bench_vs_torch_without_torch(tmp_path):
 
 
 def test_profile_conv_table_has_the_columns_of_the_timed_implementations():
-    import _common as C
+    from benchmarks import _common as C
 
     rows = [
         dict(layer=0, mode="same", x="(2, 4, 4, 3)", cout=8, im2col_fwd_s=0.1),
@@ -141,7 +139,7 @@ def test_bench_inference_modes_compares_the_two_modes_on_the_same_weights():
     running statistics), to the solver's tolerance, each sample with its own NFE."""
     import argparse
 
-    import bench_inference_modes as B
+    from benchmarks import bench_inference_modes as B
 
     args = argparse.Namespace(
         seed=0, rtol=1e-3, atol=1e-3, max_steps=100, hidden=8, repeats=1, warmup=1,
@@ -160,7 +158,7 @@ def test_bench_inference_modes_times_tabn_with_and_without_coverage():
     take the same evaluations, so their times compare the reads alone."""
     import argparse
 
-    import bench_inference_modes as B
+    from benchmarks import bench_inference_modes as B
 
     args = argparse.Namespace(
         seed=0, rtol=1e-3, atol=1e-3, max_steps=100, hidden=8, repeats=1, warmup=1,

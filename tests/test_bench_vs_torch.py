@@ -17,10 +17,10 @@ def test_torch_reference_matches_tadiffeq(tmp_path):
     inference mode, for the MLP and the 6-conv field (what every timing relies on)."""
     out = tmp_path / "check.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "bench_vs_torch.py"),
+        [sys.executable, "-m", "benchmarks.bench_vs_torch",
          "--model", "mlp", "conv6", "--batch", "4", "--check-only",
          "--threads", "1", "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, cwd=REPO,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = json.loads(out.read_text())["runs"]
@@ -37,10 +37,10 @@ def test_profile_conv_times_torchs_kernels_on_the_same_convs(tmp_path):
     implementation's forward/dX/dW per layer and summed."""
     out = tmp_path / "conv.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "profile_conv.py"),
+        [sys.executable, "-m", "benchmarks.profile_conv",
          "--batch", "2", "--repeats", "1", "--loop", "1", "--impls", "im2col", "torch",
          "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, cwd=REPO,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]

@@ -6,13 +6,12 @@ from jax.experimental.jet import jet
 from jaxtyping import TypeCheckError
 
 import tadiffeq as td
-from tadiffeq._models.conv import _col2im_is_smaller, _GEOMETRY
 
 
 def _concat_conv(t, x, w, b, mode):
     """The paper's layer written the obvious way: concatenate a constant t channel."""
     xt = jnp.concatenate([x, jnp.full(x.shape[:-1] + (1,), t, x.dtype)], -1)
-    stride, pad, dil = _GEOMETRY[mode]
+    stride, pad, dil = td.conv_geometry(mode)
     out = jax.lax.conv_general_dilated(
         xt, w, (stride, stride), (pad, pad), lhs_dilation=(dil, dil),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -56,11 +55,13 @@ def test_up_is_a_stride_2_transposed_convolution(getkey):
 def test_conv2d_derivatives_equal_autodiff(mode, cin, cout, getkey):
     """The CPU path (slices + dots) against autodiff of the XLA convolution; 12 -> 1
     channels takes the col2im form (except "up", always the sub-pixel form)."""
-    stride, pad, dil = _GEOMETRY[mode]
+    stride, pad, dil = td.conv_geometry(mode)
     x = jax.random.normal(getkey(), (2, 6, 6, cin))
     w = jax.random.normal(getkey(), (3, 3, cin, cout)) * 0.2
     if dil == 1:
-        assert _col2im_is_smaller(x.shape, w.shape, stride, pad) == (cout == 1)
+        assert td.conv_strategy(x.shape, w.shape, stride, pad, dil, impl="im2col") == (
+            "col2im" if cout == 1 else "im2col"
+        )
     dn = ("NHWC", "HWIO", "NHWC")
 
     def plain(x, w):

@@ -2,8 +2,6 @@
 
 import dataclasses
 import json
-import pathlib
-import sys
 
 import equinox as eqx
 import jax
@@ -13,12 +11,8 @@ import pytest
 import tadiffeq as td
 
 
-EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
-sys.path.insert(0, str(EXPERIMENTS))
-
-
 def test_main_job_smoke(tmp_path, capsys):
-    import main
+    from experiments import main
 
     rows = main.main(
         ["--data", "synthetic", "--norms", "tabn", "--epochs", "1",
@@ -45,8 +39,8 @@ def test_training_is_deterministic_and_resumes_exactly(tmp_path):
     uninterrupted run."""
     import equinox as eqx
     import numpy as np
-    from common import ClassifierConfig, train_classifier
 
+    from experiments.common import ClassifierConfig, train_classifier
     from tadiffeq.data import synthetic_digits
 
     data = synthetic_digits(seed=0)
@@ -78,7 +72,7 @@ def test_training_is_deterministic_and_resumes_exactly(tmp_path):
 
 
 def test_main_job_rejects_bad_sizes(capsys):
-    import main
+    from experiments import main
 
     for flag, value in [("--train-limit", "0"), ("--batch-size", "-5")]:
         with pytest.raises(SystemExit):
@@ -88,7 +82,7 @@ def test_main_job_rejects_bad_sizes(capsys):
 
 @pytest.mark.slow
 def test_main_job_full(tmp_path):
-    import main
+    from experiments import main
 
     rows = main.main(["--out", str(tmp_path)])
     by = {r["norm"]: r for r in rows}
@@ -99,7 +93,7 @@ def test_main_job_full(tmp_path):
 
 
 def test_param_counts_smoke(capsys):
-    import param_counts
+    from experiments import param_counts
 
     table = param_counts.main(["--num-intervals", "10"])
     by = {r["field"]: r for r in table}
@@ -116,7 +110,7 @@ def test_param_counts_smoke(capsys):
 def test_regularized_toy_model_is_cheaper_to_solve(tmp_path):
     """Same seed: the local (paper's frozen first stage and exact gradient) and
     global regularizers give a model that takes fewer function evaluations."""
-    import regularization_toy
+    from experiments import regularization_toy
 
     rows = regularization_toy.main(
         ["--regularizers", "none,local,local_exact,global",
@@ -132,7 +126,7 @@ def test_regularization_mnist_smoke_and_exact_resume(tmp_path, capsys):
     """Every regularizer of the MNIST script runs (generated data, a few steps), and
     a run interrupted and resumed from its checkpoint ends exactly where an
     uninterrupted run ends."""
-    import regularization_mnist as rm
+    from experiments import regularization_mnist as rm
 
     rows = rm.main(
         ["--data", "synthetic", "--regularizers", "none,local_biased",
@@ -175,7 +169,7 @@ def test_glorot_init_is_luxs_dense(getkey):
     """`glorot_init` draws every weight uniformly within sqrt(6 / (fan_in +
     fan_out)) (the time input counted in a TimeLinear's fan_in) with that limit's
     variance, lim^2 / 3, and zeros every bias."""
-    import regularization_mnist as rm
+    from experiments import regularization_mnist as rm
 
     cfg = rm.RegConfig(hidden=100)
     model, _ = eqx.nn.make_with_state(rm.ODEClassifier)(cfg, 784, getkey())
@@ -191,7 +185,8 @@ def test_glorot_init_is_luxs_dense(getkey):
 
 def test_restore_checked_refuses_other_config_or_data(tmp_path):
     import jax.numpy as jnp
-    from common import restore_checked
+
+    from experiments.common import restore_checked
 
     ckpt = td.Checkpointer(tmp_path)
     like = {"w": jnp.zeros(2)}
@@ -209,7 +204,7 @@ def test_restore_checked_refuses_other_config_or_data(tmp_path):
 
 
 def _ablations(tmp_path, studies, norms):
-    import tabn_ablations
+    from experiments import tabn_ablations
 
     return tabn_ablations.main(
         ["--data", "synthetic", "--study", studies, "--norms", norms,
@@ -222,7 +217,7 @@ def _ablations(tmp_path, studies, norms):
 def test_tabn_ablations_smoke(tmp_path):
     """The TA-BN ablation script runs (noise and statistics studies; all studies in
     the slow test) on a few generated batches and writes its tables and figures."""
-    import tabn_ablations
+    from experiments import tabn_ablations
 
     res = _ablations(tmp_path, "noise,stats", "tabn")  # one model, reused
     # TA-BN solves each sample on its own: noisy neighbours cannot change a clean
@@ -245,7 +240,8 @@ def test_evaluate_with_batch_statistics_ignores_running_statistics():
     import equinox as eqx
     import jax.numpy as jnp
     import numpy as np
-    from common import build_classifier, ClassifierConfig, evaluate
+
+    from experiments.common import build_classifier, ClassifierConfig, evaluate
 
     cfg = ClassifierConfig(hidden=8, num_intervals=4)
     model, state = build_classifier(cfg, (6, 6, 1), 3, jax.random.PRNGKey(0))
@@ -300,7 +296,8 @@ def test_evaluate_a_classifier_trained_with_first_step_jitter():
     """A model whose training solves jitter their first step evaluates in both
     modes (the batch-statistics solve is a training-mode solve: it gets a fixed key)."""
     import numpy as np
-    from common import build_classifier, ClassifierConfig, evaluate
+
+    from experiments.common import build_classifier, ClassifierConfig, evaluate
 
     cfg = ClassifierConfig(hidden=8, num_intervals=4, first_step_jitter=1.0)
     model, state = build_classifier(cfg, (6, 6, 1), 3, jax.random.PRNGKey(0))
@@ -316,7 +313,7 @@ def test_evaluate_a_classifier_trained_with_first_step_jitter():
 def test_classifier_architecture_authors_or_legacy():
     """`ClassifierConfig.architecture`: the authors' conv field and head by default,
     tadiffeq 0.1's with "0.1" (what the runs recorded before it used), checked."""
-    from common import build_classifier, ClassifierConfig, LEGACY_CONFIG
+    from experiments.common import build_classifier, ClassifierConfig, LEGACY_CONFIG
 
     def build(architecture):
         cfg = ClassifierConfig(

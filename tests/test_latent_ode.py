@@ -4,8 +4,6 @@ experiments/latent_ode.py (fast checks here; the training runs are marked slow).
 import dataclasses
 import json
 import math
-import pathlib
-import sys
 
 import diffrax as dfx
 import equinox as eqx
@@ -22,9 +20,6 @@ from tadiffeq.data import (
     read_physionet_record,
 )
 
-
-EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
-sys.path.insert(0, str(EXPERIMENTS))
 
 HR, TEMP, WEIGHT = (PHYSIONET_FEATURES.index(n) for n in ("HR", "Temp", "Weight"))
 
@@ -155,9 +150,9 @@ def test_latent_ode_shapes_and_argument_errors():
             model.encode, times, jnp.zeros((2, 4, 3)), jnp.zeros((2, 4, 3))
         )
     with pytest.raises(ValueError, match="`values` must have shape"):
-        model._check(times, jnp.zeros((2, 4, 3)), jnp.zeros((2, 4, 3)))
+        model.check_inputs(times, jnp.zeros((2, 4, 3)), jnp.zeros((2, 4, 3)))
     with pytest.raises(ValueError, match="`mask` must have the shape"):
-        model._check(times, x, jnp.zeros((2, 5, 2)))
+        model.check_inputs(times, x, jnp.zeros((2, 5, 2)))
     with pytest.raises(ValueError, match="`obs_std`"):
         _small_model(obs_std=0.0)
     with pytest.raises(ValueError, match="`latent`"):
@@ -250,7 +245,7 @@ def test_latent_ode_gradient_matches_finite_differences():
 
 
 def test_experiment_rejects_bad_arguments_by_name(tmp_path):
-    import latent_ode
+    from experiments import latent_ode
 
     out = ["--out", str(tmp_path)]
     with pytest.raises(ValueError, match="--regularizers"):
@@ -273,7 +268,7 @@ def test_experiment_smoke_and_exact_resume(tmp_path, capsys, monkeypatch):
     """All three regularizers train a few steps on a tiny generated set and write
     their table, JSON and figure; a run stopped and resumed from its checkpoint ends
     exactly where an uninterrupted run ends."""
-    import latent_ode
+    from experiments import latent_ode
 
     tiny = ["--num-patients", "24", "--batch-size", "8", "--latent", "3",
             "--hidden", "6", "--eval-batch", "6", "--no-progress",

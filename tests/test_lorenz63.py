@@ -5,8 +5,6 @@ import dataclasses
 import functools
 import json
 import math
-import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,9 +17,6 @@ import tadiffeq.dynamics as tdd
 from tadiffeq.data import generate_lorenz63, load_lorenz63
 from tadiffeq.dynamics import LORENZ63_LYAPUNOV_EXPONENT
 
-
-EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
-sys.path.insert(0, str(EXPERIMENTS))
 
 A = np.array([[-0.5, 1.0, 0.0], [-1.0, -0.3, 0.2], [0.1, 0.0, -0.8]])
 
@@ -305,7 +300,7 @@ def test_shared_lorenz63_files():
 
 
 def test_experiment_smoke_and_resume(tmp_path, capsys):
-    import lorenz63
+    from experiments import lorenz63
 
     # Sizes chosen so the generator and the free runs compile once each.
     args = ["--data", "generated", "--n-points", "250", "--solvers", "rk4",
@@ -355,7 +350,7 @@ def test_experiment_smoke_and_resume(tmp_path, capsys):
 def test_experiment_smoke_adaptive_solvers(tmp_path, capsys):
     """The naive and Fehlberg-trained embedded pairs and a diffrax solver run end
     to end (training, free runs, Lyapunov exponents through their steppers)."""
-    import lorenz63
+    from experiments import lorenz63
 
     # Stand-ins for the study's trained models (--authors-models): PyTorch layout.
     authors = tmp_path / "authors"
@@ -430,7 +425,7 @@ def test_authors_models_against_numpy():
     as a NumPy forward pass and Fehlberg step written from the files and the paper
     alone, on every test transition; their one-step test error is 100x below that
     of predicting no motion."""
-    import lorenz63
+    from experiments import lorenz63
 
     if not AUTHORS_DIR.is_dir() or not (SHARED / "lorenz63" / "test.npy").exists():
         pytest.skip("the study's trained models or data are absent")
@@ -464,7 +459,7 @@ def test_authors_models_against_numpy():
 
 
 def test_authors_model_loader_errors(tmp_path):
-    import lorenz63
+    from experiments import lorenz63
 
     rng = np.random.default_rng(0)
     good = dict(
@@ -499,7 +494,7 @@ def test_authors_model_loader_errors(tmp_path):
 
 
 def test_paired_vpt_by_hand():
-    import lorenz63
+    from experiments import lorenz63
 
     a = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
     same = lorenz63.paired_vpt(a, a)

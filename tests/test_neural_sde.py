@@ -123,16 +123,16 @@ def test_sde_initial_step_is_the_sde_heuristic():
     dt0 = 0.01 * d0 / d1
     d2 = rms((np.abs(a**2 * dt0 * y) + 6 * c) / scale) / dt0
     expected = min(100 * dt0, 0.01 / max(d1, d2), 1.0 - 0.25)
-    got = sde._initial_step(state, jnp.asarray(0.25), jnp.asarray(y))
+    got = sde.initial_step(state, jnp.asarray(0.25), jnp.asarray(y))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     # SOSRI's order 3/2 (the default): dt1 = (0.01 / max(d1, d2))**(1/2).
     sosri = td.NeuralSDE(Linear(a), Constant(c), stepsize_controller=ctrl)
     expected = min(100 * dt0, np.sqrt(0.01 / max(d1, d2)), 1.0 - 0.25)
-    got = sosri._initial_step(state, jnp.asarray(0.25), jnp.asarray(y))
+    got = sosri.initial_step(state, jnp.asarray(0.25), jnp.asarray(y))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     # A slow field: the heuristic's step is capped at t1 - t.
     slow = td.NeuralSDE(Linear(1e-6), Constant(1e-6))
-    assert float(slow._initial_step(state, jnp.asarray(0.75), jnp.asarray(y))) == 0.25
+    assert float(slow.initial_step(state, jnp.asarray(0.75), jnp.asarray(y))) == 0.25
 
 
 def test_sde_local_step_with_zero_noise_is_the_ode_step(getkey):
@@ -143,8 +143,8 @@ def test_sde_local_step_with_zero_noise_is_the_ode_step(getkey):
     state = eqx.nn.State(sde)
     y = jax.random.normal(getkey(), (4, 3))
     t = jnp.asarray(0.3)
-    v_sde, n_sde = sde.local_step_estimate(state, t, y, context=getkey())
-    dt = float(sde._initial_step(state, t, y))
+    v_sde, n_sde = sde.local_step_estimate(state, t, y, key=getkey())
+    dt = float(sde.initial_step(state, t, y))
     node = td.NeuralODE(
         drift, solver=dfx.Heun(), stepsize_controller=dfx.ConstantStepSize(), dt0=dt
     )
@@ -164,9 +164,9 @@ def test_sde_local_step_draws_a_fresh_increment_of_variance_dt(getkey):
     state = eqx.nn.State(sde)
     y = jnp.ones((20000, 1))
     t = jnp.asarray(0.2)
-    dt = float(sde._initial_step(state, t, y))
-    v1, _ = sde.local_step_estimate(state, t, y, context=jax.random.key(1))
-    v2, _ = sde.local_step_estimate(state, t, y, context=jax.random.key(2))
+    dt = float(sde.initial_step(state, t, y))
+    v1, _ = sde.local_step_estimate(state, t, y, key=jax.random.key(1))
+    v2, _ = sde.local_step_estimate(state, t, y, key=jax.random.key(2))
     np.testing.assert_allclose(v1, r**2 * np.sqrt(3) * dt**2 / 2, rtol=0.05)
     assert float(v1) != float(v2)
 
@@ -182,7 +182,7 @@ def test_sde_local_step_differentiates_the_first_stage(getkey):
     def grad(stop):
         def value(sde):
             return sde.local_step_estimate(
-                state, 0.4, y, context=key, stop_first_stage=stop
+                state, 0.4, y, key=key, stop_first_stage=stop
             )[0]
 
         return eqx.filter_grad(value)(sde).diffusion.layers[0].weight
@@ -230,5 +230,11 @@ def test_sde_errors(getkey):
     sde, state = _sde(getkey())
     with pytest.raises(ValueError, match="kind='error'"):
         sde(jnp.ones((2, 3)), state, key=getkey(), regularizer=td.RNODE())
+    for reg in (
+        td.LocalRegularizer(kind="stiffness"),
+        td.GlobalRegularizer("stiffness"),
+    ):
+        with pytest.raises(ValueError, match=r"kind='error'\) only"):
+            sde(jnp.ones((2, 3)), state, key=getkey(), regularizer=reg)
     with pytest.raises(TypeError, match="floating-point"):
         sde(jnp.ones((2, 3), jnp.int32), state, key=getkey())

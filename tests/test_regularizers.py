@@ -7,7 +7,6 @@ import pytest
 from helpers import CallCounter
 
 import tadiffeq as td
-from tadiffeq._solver.stateful import clone_state
 
 
 class Linear(td.AbstractVectorField):
@@ -341,7 +340,7 @@ def test_regularizers_with_tabn_compile_once(reg, getkey):
 
     for i in range(3):
         (value, (new_state, stats)), grads = step(
-            node, clone_state(state), jax.random.PRNGKey(i)
+            node, td.clone_state(state), jax.random.PRNGKey(i)
         )
         assert np.isfinite(float(value))
         assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
@@ -349,7 +348,7 @@ def test_regularizers_with_tabn_compile_once(reg, getkey):
         9 if isinstance(reg, td.LocalRegularizer) else 0
     )
     if isinstance(reg, (td.LocalRegularizer, td.GlobalRegularizer)):
-        _, plain_state, _ = node(x, clone_state(state))
+        _, plain_state, _ = node(x, td.clone_state(state))
         for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(plain_state)):
             np.testing.assert_allclose(a, b, rtol=1e-6)
 

@@ -4,7 +4,6 @@ the training augmentations, and the full-scale image script on mock data."""
 import argparse
 import io
 import json
-import pathlib
 import sys
 
 import equinox as eqx
@@ -30,8 +29,6 @@ from tadiffeq.data import (
 )
 
 
-EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
-sys.path.insert(0, str(EXPERIMENTS))
 TFDS_NAMES = ["mnist", "cifar10", "svhn", "cifar100"]
 
 
@@ -297,7 +294,7 @@ def test_tiny_imagenet_folder(tmp_path, monkeypatch):
 
 def _abstract_parameters(cfg, image_shape, num_classes):
     """Parameter counts of the preset's model, built abstractly (no compilation)."""
-    import tabn_images
+    from experiments import tabn_images
 
     model, _ = eqx.filter_eval_shape(
         tabn_images.build_image_classifier, cfg, image_shape, num_classes,
@@ -318,7 +315,7 @@ def _abstract_parameters(cfg, image_shape, num_classes):
 def test_tabn_images_preset_config_path_on_mock_data(tmp_path, mock_tfds, preset):
     """Every preset's data path on mock data and its full-width U-Net model (built
     abstractly); training is covered by the smoke run below and the slow tests."""
-    import tabn_images
+    from experiments import tabn_images
 
     cfg = tabn_images.preset_config(preset, train_limit=3)
     info = image_dataset_info(cfg.dataset)
@@ -341,7 +338,7 @@ def test_tabn_images_preset_config_path_on_mock_data(tmp_path, mock_tfds, preset
 
 
 def _smoke(tmp_path, preset, *extra):
-    import tabn_images
+    from experiments import tabn_images
 
     return tabn_images.main(
         ["--preset", preset, "--mock", "4", "--field", "mlp", "--hidden", "8",
@@ -394,8 +391,7 @@ def test_tabn_images_unet_full_width_step(tmp_path, mock_tfds):
 def test_augmented_training_is_deterministic_and_resumes_exactly(tmp_path):
     """With the augmentation hook, a run stopped after one epoch and resumed ends
     exactly where an uninterrupted run ends."""
-    from common import ClassifierConfig, train_classifier
-
+    from experiments.common import ClassifierConfig, train_classifier
     from tadiffeq.data import synthetic_digits
 
     data = synthetic_digits(seed=0)

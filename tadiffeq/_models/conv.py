@@ -59,6 +59,17 @@ _GEOMETRY: dict[str, tuple[int, tuple[int, int], int]] = {
     "up": (1, (1, 2), 2),
 }
 
+
+def conv_geometry(mode: str) -> tuple[int, tuple[int, int], int]:
+    """`(stride, (pad_low, pad_high), input_dilation)` of a [`tadiffeq.TimeConv2d`][]
+    mode for its 3x3 kernel, the arguments [`tadiffeq.conv2d`][] takes: `"same"`
+    keeps H x W, `"down"` halves it (ceil), `"up"` doubles it (a stride-2 transposed
+    conv as an input-dilated one)."""
+    if mode not in _GEOMETRY:
+        raise ValueError(f"`mode` must be one of {list(_GEOMETRY)}, got {mode!r}.")
+    return _GEOMETRY[mode]
+
+
 # Per axis, output phase r of the "up" conv: its (kernel tap, input shift) pairs.
 # Output row 2p + r reads dilated-input rows 2p + r - 1 + a; the even ones are real
 # input rows p + (r - 1 + a) / 2.
@@ -107,7 +118,7 @@ def _col2im_conv(x, w, stride, padding):
     """The same conv with the product taken first: `x @ w` to all `kh * kw * cout`
     tap outputs at every input pixel, then the sum of the `kh * kw` static (strided)
     slices of its padding that each output pixel reads. Less data movement than the
-    im2col when the output side is the thin one (`_col2im_is_smaller`)."""
+    im2col when the output side is the thin one (`conv_strategy`)."""
     kh, kw, cin, cout = w.shape
     lo, hi = padding
     b, h, wd, _ = x.shape
@@ -129,18 +140,6 @@ def _col2im_conv(x, w, stride, padding):
             )
             out = part if out is None else out + part
     return out
-
-
-def _col2im_is_smaller(x_shape, w_shape, stride, padding) -> bool:
-    """Whether col2im's intermediate (input pixels x kh kw cout) is smaller than
-    im2col's patches (output pixels x kh kw cin): e.g. a last layer mapping 32
-    channels back to 3 (measured 3-4x faster forward and backward inside a loop)."""
-    _, h, wd, cin = x_shape
-    kh, kw, _, cout = w_shape
-    lo, hi = padding
-    ho = (h + lo + hi - kh) // stride + 1
-    wo = (wd + lo + hi - kw) // stride + 1
-    return h * wd * cout < ho * wo * cin
 
 
 def _up_kernel(w):
@@ -165,7 +164,7 @@ def _up_kernel(w):
 
 
 def _subpixel_up_conv(x, w):
-    """The stride-2 transposed 3x3 conv (`_GEOMETRY["up"]`) without the dilation's
+    """The stride-2 transposed 3x3 conv (`conv_geometry("up")`) without the dilation's
     zeros: one dot of the four shifted inputs, then depth-to-space."""
     b, h, wd, _ = x.shape
     cout = w.shape[-1]
@@ -178,7 +177,10 @@ def _subpixel_up_conv(x, w):
     return out.reshape(b, 2 * h, 2 * wd, cout)
 
 
-def _resolve_impl(impl: str) -> str:
+def conv_impl(impl: str = "auto") -> str:
+    """What [`tadiffeq.conv2d`][]'s `impl` resolves to here: `"xla"` or `"im2col"`
+    (`"auto"`: im2col on the CPU backend, else xla, unless the environment variable
+    `TADIFFEQ_CONV_IMPL=xla|im2col` says otherwise; read at trace time)."""
     if impl not in _IMPLS:
         raise ValueError(f"`impl` must be one of {list(_IMPLS)}, got {impl!r}.")
     if impl == "auto":
@@ -192,6 +194,36 @@ def _resolve_impl(impl: str) -> str:
             return forced
         return "im2col" if jax.default_backend() == "cpu" else "xla"
     return impl
+
+
+def conv_strategy(
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    stride: int,
+    padding: tuple[int, int],
+    dilation: int,
+    *,
+    impl: str = "auto",
+) -> str:
+    """The kernel [`tadiffeq.conv2d`][] runs for these shapes and geometry:
+    `"xla"` (`lax.conv_general_dilated`), `"im2col"` (patches of the input, one
+    dot), `"col2im"` (one dot, then the taps summed into the output: chosen when its
+    intermediate, input pixels x kh kw cout, is smaller than im2col's patches,
+    output pixels x kh kw cin, e.g. a last layer mapping 32 channels back to 3,
+    measured 3-4x faster inside a loop) or `"subpixel"` (the 3x3 "up" geometry by
+    its sub-pixel decomposition). Other dilated convs run on xla."""
+    if conv_impl(impl) == "xla":
+        return "xla"
+    if dilation == 1:
+        _, h, wd, cin = x_shape
+        kh, kw, _, cout = w_shape
+        lo, hi = padding
+        ho = (h + lo + hi - kh) // stride + 1
+        wo = (wd + lo + hi - kw) // stride + 1
+        return "col2im" if h * wd * cout < ho * wo * cin else "im2col"
+    if (stride, tuple(padding), dilation, tuple(w_shape[:2])) == (1, (1, 2), 2, (3, 3)):
+        return "subpixel"
+    return "xla"
 
 
 def conv2d(
@@ -216,7 +248,7 @@ def conv2d(
     `TADIFFEQ_CONV_IMPL=xla|im2col` overrides auto at trace time). All give the same
     values.
     """
-    impl = _resolve_impl(impl)
+    conv_impl(impl)  # checks `impl` first
     if x.ndim != 4 or w.ndim != 4 or x.shape[-1] != w.shape[2]:
         raise ValueError(
             "conv2d: expected `x` of shape (batch, height, width, cin) and `w` of "
@@ -242,13 +274,13 @@ def conv2d(
                 f"conv2d: the padded input {name} {padded} is smaller than the "
                 f"kernel's {w.shape[axis - 1]} (x {x.shape}, w {w.shape})."
             )
-    if impl == "im2col":
-        if dilation == 1:
-            if _col2im_is_smaller(x.shape, w.shape, stride, padding):
-                return _col2im_conv(x, w, stride, padding)
-            return _im2col_conv(x, w, stride, padding)
-        if (stride, padding, dilation, w.shape[:2]) == (1, (1, 2), 2, (3, 3)):
-            return _subpixel_up_conv(x, w)
+    strategy = conv_strategy(x.shape, w.shape, stride, padding, dilation, impl=impl)
+    if strategy == "col2im":
+        return _col2im_conv(x, w, stride, padding)
+    if strategy == "im2col":
+        return _im2col_conv(x, w, stride, padding)
+    if strategy == "subpixel":
+        return _subpixel_up_conv(x, w)
     return _xla_conv(x, w, stride, padding, dilation)
 
 
@@ -275,7 +307,7 @@ def tap_mask(
 
 def _border_mask(size: int, mode: str, kernel: int = 3) -> np.ndarray:
     """`tap_mask` of a `TimeConv2d` of `mode` on an axis of `size` pixels."""
-    stride, (lo, _), dilation = _GEOMETRY[mode]
+    stride, (lo, _), dilation = conv_geometry(mode)
     return tap_mask(size, kernel, stride, lo, dilation, _output_size(size, mode))
 
 
@@ -327,8 +359,7 @@ class TimeConv2d(eqx.Module):
         key: PRNGKeyArray,
         dtype=None,
     ):
-        if mode not in _GEOMETRY:
-            raise ValueError(f"`mode` must be one of {list(_GEOMETRY)}, got {mode!r}.")
+        conv_geometry(mode)  # checks `mode`
         check_positive_int("in_channels", in_channels, owner="TimeConv2d")
         check_positive_int("out_channels", out_channels, owner="TimeConv2d")
         dtype = jnp.float32 if dtype is None else dtype
@@ -354,7 +385,7 @@ class TimeConv2d(eqx.Module):
                 f"{self.in_channels}), got {x.shape}."
             )
         check_scalar_time("TimeConv2d", t)
-        stride, padding, dilation = _GEOMETRY[self.mode]
+        stride, padding, dilation = conv_geometry(self.mode)
         w = self.weight.astype(x.dtype)
         out = conv2d(x, w[:, :, :-1, :], stride, padding, dilation)
         # The constant time channel: t * sum over the kernel taps that read real

@@ -125,7 +125,10 @@ class LatentODE(eqx.Module):
         self.obs_std = float(obs_std)
         self.inference = False
 
-    def _check(self, times, values, mask):
+    def check_inputs(self, times, values, mask):
+        """`(times, values, mask)` as arrays, after checking their shapes against
+        each other and the model: `times` (T,), `values` and `mask` (batch, T,
+        features). Raises a ValueError naming the argument otherwise."""
         times, values, mask = jnp.asarray(times), jnp.asarray(values), jnp.asarray(mask)
         if times.ndim != 1 or times.shape[0] < 1:
             raise ValueError(
@@ -151,7 +154,7 @@ class LatentODE(eqx.Module):
         mask: Float[ArrayLike, "batch times features"],
     ) -> tuple[Float[Array, "batch latent"], Float[Array, "batch latent"]]:
         """The mean and log standard deviation of q(z0 | observations)."""
-        times, values, mask = self._check(times, values, mask)
+        times, values, mask = self.check_inputs(times, values, mask)
         batch = values.shape[0]
         inputs = jnp.concatenate(
             [
@@ -205,7 +208,7 @@ class LatentODE(eqx.Module):
         trajectory `(batch, T, features)`, the parameters of q(z0), the state and
         the solve's [`tadiffeq.SolveStats`][].
         """
-        times, values, mask = self._check(times, values, mask)
+        times, values, mask = self.check_inputs(times, values, mask)
         mean, logstd = self.encode(times, values, mask)
         k_z, k_reg = (None, None) if key is None else jax.random.split(key)
         if self.inference or k_z is None:

@@ -4,11 +4,11 @@ ICML 2021)."""
 import equinox as eqx
 from jaxtyping import Array, Float
 
+from .._solver.controllers import controller_tolerances
 from .._solver.estimates import check_stiffness_tableau, real_stability_boundary
 from .._solver.observers import StepAccumulator
 from .._solver.stateful import StatefulSolver
-from .base import AbstractRegularizer, Plan, SolveResult
-from .local import controller_tolerances
+from .base import AbstractRegularizer, Plan, SolveResult, SolveSpec
 
 
 class GlobalRegularizer(AbstractRegularizer):
@@ -53,6 +53,7 @@ class GlobalRegularizer(AbstractRegularizer):
 
     needs_key = False
     through_solve = True
+    supports_sde = True  # kind="error"
 
     def __check_init__(self):
         if self.kind not in ("error", "stiffness"):
@@ -70,16 +71,24 @@ class GlobalRegularizer(AbstractRegularizer):
             return self.reduce
         return "mean" if self.kind == "error" else "max"
 
-    def plan(self, node, y0, key) -> Plan:
+    def plan(self, *, spec: SolveSpec, y0, key) -> Plan:
         del y0, key
-        tableau = StatefulSolver(node.solver).tableau
+        if spec.stochastic and self.kind != "error":
+            raise ValueError(
+                "A NeuralSDE's solve takes GlobalRegularizer(kind='error') only."
+            )
+        tableau = StatefulSolver(spec.solver).tableau
         stability = 1.0
         if self.kind == "stiffness":
             check_stiffness_tableau(tableau)
             stability = real_stability_boundary(tableau)
-        rtol, atol, norm = controller_tolerances(node, self.rtol, self.atol)
+        rtol, atol, norm = controller_tolerances(
+            spec.stepsize_controller, self.rtol, self.atol
+        )
         acc = StepAccumulator(self.kind, rtol, atol, stability, norm)
         return Plan(observers=(acc,))
 
-    def finish(self, node, result: SolveResult) -> tuple[Float[Array, ""], int]:
+    def finish(
+        self, *, spec: SolveSpec, result: SolveResult
+    ) -> tuple[Float[Array, ""], int]:
         return StepAccumulator.reduce(result.observed[0], self.reduction), 0

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, Float, PyTree
 
-from .base import AbstractRegularizer, Plan, SolveResult
+from .base import AbstractRegularizer, Plan, SolveResult, SolveSpec
 
 
 def _per_sample_sum(x: Array) -> Array:
@@ -56,7 +56,7 @@ class RNODE(AbstractRegularizer):
     kinetic_weight: float = eqx.field(static=True, default=1.0)
     jacobian_weight: float = eqx.field(static=True, default=1.0)
 
-    def plan(self, node, y0: PyTree[Array], key) -> Plan:
+    def plan(self, *, spec: SolveSpec, y0: PyTree[Array], key) -> Plan:
         leaves = jtu.tree_leaves(y0)
         if len(leaves) != 1:
             raise ValueError("RNODE needs an array state (not a pytree).")
@@ -73,7 +73,9 @@ class RNODE(AbstractRegularizer):
 
         return Plan(augment=augment)
 
-    def finish(self, node, result: SolveResult) -> tuple[Float[Array, ""], int]:
+    def finish(
+        self, *, spec: SolveSpec, result: SolveResult
+    ) -> tuple[Float[Array, ""], int]:
         _, kinetic, frobenius = result.y1
         value = self.kinetic_weight * jnp.mean(kinetic)
         return value + self.jacobian_weight * jnp.mean(frobenius), 0

@@ -1,15 +1,15 @@
 """Local regularization of solver heuristics (Pal, Edelman and Rackauckas, 2023)."""
 
+import functools
 from typing import Literal
 
 import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree
 
-from .._solver.controllers import check_tolerances, pid_controller
+from .._solver.controllers import check_tolerances, controller_tolerances
 from .._solver.estimates import (
     check_stiffness_tableau,
     real_stability_boundary,
@@ -24,30 +24,12 @@ from .._solver.stateful import (
     StatefulSolver,
     time_dtype,
 )
-from .base import AbstractRegularizer, Plan, SolveResult
-
-
-def controller_tolerances(node, rtol: float | None, atol: float | None):
-    """`(rtol, atol, norm)`: the given tolerances, else those of the node's
-    `PIDController` (the scaling its step-size control uses)."""
-    pid = pid_controller(node.stepsize_controller)
-    if pid is not None:
-        return (
-            pid.rtol if rtol is None else rtol,
-            pid.atol if atol is None else atol,
-            pid.norm,
-        )
-    if rtol is None or atol is None:
-        raise ValueError(
-            "The node has no PIDController to take `rtol` and `atol` from; pass them "
-            "to the regularizer."
-        )
-    return rtol, atol, optx.rms_norm
+from .base import AbstractRegularizer, Plan, SolveResult, SolveSpec
 
 
 def local_step_estimate(
-    node,
-    state,
+    node: SolveSpec | eqx.Module,
+    state: eqx.nn.State,
     t: ArrayLike,
     y: PyTree[Array],
     *,
@@ -55,9 +37,12 @@ def local_step_estimate(
     rtol: float | None = None,
     atol: float | None = None,
     stop_first_stage: bool | None = None,
+    key: PRNGKeyArray | None = None,
 ) -> tuple[Float[Array, ""], int]:
     """One adaptive step of `node`'s solver from `(t, y)`, as the local regularizer
-    takes it. Returns `(value, evaluations)`.
+    takes it. Returns `(value, evaluations)`. `node`: a [`tadiffeq.NeuralODE`][] or
+    the [`tadiffeq.SolveSpec`][] of its solve; `key` is unused (an ODE step draws
+    no noise).
 
     `y` and `t` are treated as constants (gradients stopped). The step size dt is
     what the step-size controller's initial-step heuristic proposes at `(t, y)`
@@ -80,13 +65,16 @@ def local_step_estimate(
       stability boundary (`tadiffeq.stiffness_estimate`,
       `tadiffeq.real_stability_boundary`).
     """
+    del key
+    if not isinstance(node, SolveSpec):
+        node = node.spec()  # a NeuralODE
     solver = StatefulSolver(node.solver)
     tab = solver.tableau
     if not solver.has_error_estimate and kind == "error":
         raise ValueError(f"`{type(node.solver).__name__}` has no error estimate.")
     if kind == "stiffness":
         check_stiffness_tableau(tab)
-    rtol_, atol_, norm = controller_tolerances(node, rtol, atol)
+    rtol_, atol_, norm = controller_tolerances(node.stepsize_controller, rtol, atol)
     tdt = time_dtype(y)
     t = jax.lax.stop_gradient(jnp.asarray(t, tdt))
     y = jax.lax.stop_gradient(y)
@@ -183,11 +171,17 @@ class LocalRegularizer(AbstractRegularizer):
             )
         check_tolerances("LocalRegularizer", self.rtol, self.atol)
 
-    def plan(self, node, y0, key: PRNGKeyArray | None) -> Plan:
+    supports_sde = True  # kind="error"
+
+    def plan(self, *, spec: SolveSpec, y0, key: PRNGKeyArray | None) -> Plan:
+        if spec.stochastic and self.kind != "error":
+            raise ValueError(
+                "A NeuralSDE's solve takes LocalRegularizer(kind='error') only."
+            )
         if self.sampling == "biased":
             return Plan(observers=(StepReservoir(key),))
         t_s = jax.random.uniform(
-            key, (), time_dtype(y0), minval=node.t0, maxval=node.t1
+            key, (), time_dtype(y0), minval=spec.t0, maxval=spec.t1
         )
         return Plan(observers=(TimeProbe(t_s),))
 
@@ -201,10 +195,13 @@ class LocalRegularizer(AbstractRegularizer):
         return probe.t, y_s
 
     def finish(
-        self, node, result: SolveResult
+        self, *, spec: SolveSpec, result: SolveResult
     ) -> tuple[Float[Array, ""], Int[Array, ""] | int]:
         t_s, y_s = self.sample(result)
-        return node.local_step_estimate(
+        step = spec.local_step
+        if step is None:
+            step = functools.partial(local_step_estimate, spec)
+        return step(
             result.state, t_s, y_s, kind=self.kind, rtol=self.rtol, atol=self.atol,
-            stop_first_stage=self.stop_first_stage, context=result.context,
+            stop_first_stage=self.stop_first_stage, key=result.key,
         )  # fmt: skip

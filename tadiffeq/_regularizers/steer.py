@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._solver.stateful import time_dtype
-from .base import AbstractRegularizer, Plan, SolveResult
+from .base import AbstractRegularizer, Plan, SolveResult, SolveSpec
 
 
 class STEER(AbstractRegularizer):
@@ -38,15 +38,17 @@ class STEER(AbstractRegularizer):
         if not self.b > 0:
             raise ValueError(f"STEER: `b` must be positive, got {self.b}.")
 
-    def plan(self, node, y0, key) -> Plan:
+    def plan(self, *, spec: SolveSpec, y0, key) -> Plan:
         del y0
-        if not self.b < node.t1 - node.t0:
+        if not self.b < spec.t1 - spec.t0:
             raise ValueError(
-                f"STEER: `b` must be smaller than t1 - t0 = {node.t1 - node.t0}, got "
+                f"STEER: `b` must be smaller than t1 - t0 = {spec.t1 - spec.t0}, got "
                 f"{self.b}."
             )
-        t1 = node.t1 + jax.random.uniform(key, (), minval=-self.b, maxval=self.b)
+        t1 = spec.t1 + jax.random.uniform(key, (), minval=-self.b, maxval=self.b)
         return Plan(t1=t1)
 
-    def finish(self, node, result: SolveResult) -> tuple[Float[Array, ""], int]:
+    def finish(
+        self, *, spec: SolveSpec, result: SolveResult
+    ) -> tuple[Float[Array, ""], int]:
         return jnp.zeros((), time_dtype(result.y1)), 0

@@ -7,7 +7,7 @@ from jaxtyping import Array, Float
 
 from .._misc import check_positive_int
 from .._solver.stateful import clone_state
-from .base import AbstractRegularizer, Plan, SolveResult
+from .base import AbstractRegularizer, Plan, SolveResult, SolveSpec
 from .kinetic import _per_sample_sum
 
 
@@ -77,7 +77,7 @@ class TayNODE(AbstractRegularizer):
     def __check_init__(self):
         check_positive_int("order", self.order, owner="TayNODE")
 
-    def plan(self, node, y0, key) -> Plan:
+    def plan(self, *, spec: SolveSpec, y0, key) -> Plan:
         del y0, key
 
         def augment(field, y0):
@@ -90,6 +90,8 @@ class TayNODE(AbstractRegularizer):
 
         return Plan(augment=augment)
 
-    def finish(self, node, result: SolveResult) -> tuple[Float[Array, ""], int]:
+    def finish(
+        self, *, spec: SolveSpec, result: SolveResult
+    ) -> tuple[Float[Array, ""], int]:
         _, integral = result.y1
         return jnp.mean(integral), 0

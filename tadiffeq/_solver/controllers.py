@@ -2,9 +2,11 @@
 wrappers (e.g. `ClipStepSizeController`), and its tolerances checked."""
 
 import math
+from collections.abc import Callable
 
 import diffrax as dfx
 import equinox as eqx
+import optimistix as optx
 
 
 def pid_controller(controller) -> dfx.PIDController | None:
@@ -46,3 +48,26 @@ def check_tolerances(owner: str, rtol, atol) -> None:
         raise ValueError(
             f"{owner}: `rtol` and `atol` are both 0, so no step can ever be accepted."
         )
+
+
+def controller_tolerances(
+    controller: dfx.AbstractStepSizeController,
+    rtol: float | None,
+    atol: float | None,
+) -> tuple[float, float, Callable]:
+    """`(rtol, atol, norm)`: the given tolerances, else those of the `PIDController`
+    that `controller` is or wraps (the scaling its step-size control uses), with its
+    error norm (RMS without one)."""
+    pid = pid_controller(controller)
+    if pid is not None:
+        return (
+            pid.rtol if rtol is None else rtol,
+            pid.atol if atol is None else atol,
+            pid.norm,
+        )
+    if rtol is None or atol is None:
+        raise ValueError(
+            "The solve has no PIDController to take `rtol` and `atol` from; pass "
+            "them to the regularizer."
+        )
+    return rtol, atol, optx.rms_norm
