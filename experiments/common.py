@@ -420,6 +420,20 @@ def evaluate(
     return (*result, pred) if return_predictions else result
 
 
+def one_in_ten_noisy(
+    x: np.ndarray, std: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(x_noisy, noisy)`: `x` with Gaussian noise of `std` (normalised pixel units)
+    added to every tenth sample (indices 0, 10, 20, ...), and the boolean mask of
+    those samples: the paper's noisy-test setting (Zheng et al. 2024, Fig. 3 middle),
+    where the noisy samples share test batches with clean ones."""
+    noisy = np.arange(len(x)) % 10 == 0
+    rng = np.random.default_rng(seed)
+    mask = noisy.reshape(-1, *([1] * (x.ndim - 1)))
+    x_noisy = x + std * mask * rng.standard_normal(x.shape).astype(x.dtype)
+    return x_noisy, noisy
+
+
 def regularization_weights(regularizer, cfg) -> Callable:
     """The regularization weight per step: 0 without a regularizer, else `cfg.weight`
     decaying to `cfg.weight_end` over `cfg.steps` (`td.regularization_schedule`)."""

@@ -278,18 +278,21 @@ def train(
     ckpt = td.Checkpointer(out / "checkpoint")
     history = dict(iteration=[], loss=[], evals=[], train=[], seconds=0.0)
     step = 0
+    latest = ckpt.latest()  # the config is checked before any array is read
+    if latest is not None:
+        saved_step, saved = latest[0], latest[1]["config"]
+        if any(saved[k] != getattr(cfg, k) for k in TRAIN_FIELDS):
+            raise ValueError(f"{out} holds a checkpoint of another configuration.")
+        if saved_step > cfg.iterations:
+            raise ValueError(
+                f"{out} holds a checkpoint after {saved_step} iterations, more "
+                f"than `--iterations {cfg.iterations}`; ask for at least "
+                f"{saved_step} (a run can be extended, not shortened) or choose "
+                "another output directory."
+            )
     restored = ckpt.restore((params, opt_state))
     if restored is not None:
         step, (params, opt_state), meta = restored
-        saved = meta["config"]
-        if any(saved[k] != getattr(cfg, k) for k in TRAIN_FIELDS):
-            raise ValueError(f"{out} holds a checkpoint of another configuration.")
-        if step > cfg.iterations:
-            raise ValueError(
-                f"{out} holds a checkpoint after {step} iterations, more than "
-                f"`--iterations {cfg.iterations}`; ask for at least {step} (a run can "
-                "be extended, not shortened) or choose another output directory."
-            )
         history = meta["history"]
         log(f"  [{cfg.solver}] resumed from iteration {step}")
     t_start = time.perf_counter() - history["seconds"]

@@ -190,6 +190,67 @@ class SDEClassifier(eqx.Module):
         return y @ self.head.weight.T + self.head.bias, state, stats
 
 
+@dataclass
+class _Setup:
+    train: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+    description: str
+    model: eqx.Module
+    state: eqx.nn.State
+    optimizer: optax.GradientTransformation
+    opt_state: optax.OptState
+    key: jax.Array  # the training key (steps fold in their index)
+
+
+def _setup(cfg: RegConfig) -> _Setup:
+    """Data, the initial model and optimizer of a run of `cfg`."""
+    jax.config.update("jax_enable_x64", cfg.x64)
+    data, description = load_image_data(cfg.data, seed=cfg.seed)
+    dtype = np.float64 if cfg.x64 else np.float32
+    x_train, y_train = data["train"][0].astype(dtype), data["train"][1]
+    x_test, y_test = data["test"][0].astype(dtype), data["test"][1]
+    k_model, k_train = jax.random.split(jax.random.PRNGKey(cfg.seed))
+    cls = ODEClassifier if cfg.model == "ode" else SDEClassifier
+    features = int(np.prod(x_train.shape[1:]))
+    model, state = eqx.nn.make_with_state(cls)(cfg, features, k_model)
+    if cfg.init == "glorot":
+        model = glorot_init(model, jax.random.fold_in(k_model, 1))
+    optimizer = optax.adam(lambda step: cfg.lr / (1.0 + cfg.lr_decay * step))
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    return _Setup(
+        (x_train, y_train), (x_test, y_test), description, model, state, optimizer,
+        opt_state, k_train,
+    )  # fmt: skip
+
+
+def time_interleaved(
+    runs: list[tuple[RegConfig, pathlib.Path]], repeats: int = 7
+) -> list[float]:
+    """The median wall time (s) of predicting the test split with each finished run's
+    model (restored from its checkpoint), the models timed round-robin in this one
+    process after each is compiled, so load on the machine affects all alike."""
+    predictors = []
+    for cfg, out in runs:
+        s = _setup(cfg)
+        restored = restore_checked(
+            td.Checkpointer(out / "checkpoint"), (s.model, s.opt_state),
+            dataclasses.asdict(cfg), out, data_fingerprint(*s.train),
+        )  # fmt: skip
+        if restored is None or restored[0] != cfg.steps:
+            raise ValueError(f"{out} holds no finished run of this configuration.")
+        model = restored[1][0]
+        predictors.append(_predictor(model, s.state, s.test[0], cfg, s.key)[0])
+    for once in predictors:
+        once()  # compiles
+    times = [[] for _ in predictors]
+    for _ in range(repeats):
+        for i, once in enumerate(predictors):
+            t = time.perf_counter()
+            once()
+            times[i].append(time.perf_counter() - t)
+    return [float(np.median(t)) for t in times]
+
+
 def run(
     cfg: RegConfig,
     out: pathlib.Path,
@@ -211,21 +272,11 @@ def run(
             f"`adjoint` must be 'recursive' or 'backsolve', got {cfg.adjoint!r}."
         )
     reg = REGULARIZERS[cfg.regularizer]
-    jax.config.update("jax_enable_x64", cfg.x64)
-    data, description = load_image_data(cfg.data, seed=cfg.seed)
-    dtype = np.float64 if cfg.x64 else np.float32
-    x_train, y_train = data["train"][0].astype(dtype), data["train"][1]
-    x_test, y_test = data["test"][0].astype(dtype), data["test"][1]
-    key = jax.random.PRNGKey(cfg.seed)
-    k_model, k_train = jax.random.split(key)
-    cls = ODEClassifier if cfg.model == "ode" else SDEClassifier
-    features = int(np.prod(x_train.shape[1:]))
-    model, state = eqx.nn.make_with_state(cls)(cfg, features, k_model)
-    if cfg.init == "glorot":
-        model = glorot_init(model, jax.random.fold_in(k_model, 1))
+    s = _setup(cfg)
+    (x_train, y_train), (x_test, y_test) = s.train, s.test
+    model, state, optimizer, opt_state = s.model, s.state, s.optimizer, s.opt_state
+    k_train, description = s.key, s.description
     schedule = regularization_weights(reg, cfg)
-    optimizer = optax.adam(lambda step: cfg.lr / (1.0 + cfg.lr_decay * step))
-    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
 
     @eqx.filter_jit
     @eqx.debug.assert_max_traces(max_traces=1)  # the weight is an array, not static
@@ -317,10 +368,10 @@ def run(
     return result
 
 
-def evaluate(model, state, x, y, cfg: RegConfig, key, repeats: int = 5):
-    """Accuracy, mean NFE per sample and the median wall time (after compilation) of
-    predicting the whole test split in batches of `cfg.eval_batch`, one joint solve
-    (shared step sizes) per batch, as the paper's code evaluates."""
+def _predictor(model, state, x, cfg: RegConfig, key):
+    """`(once, batches)`: `once()` predicts all of `x` in batches of
+    `cfg.eval_batch`, one joint solve (shared step sizes) per batch, in inference
+    mode, and returns `[(labels, nfe per sample), ...]` per batch (synchronised)."""
     model = eqx.nn.inference_mode(model)
 
     @eqx.filter_jit
@@ -340,6 +391,14 @@ def evaluate(model, state, x, y, cfg: RegConfig, key, repeats: int = 5):
         ]
         return jax.block_until_ready(outs)
 
+    return once, batches
+
+
+def evaluate(model, state, x, y, cfg: RegConfig, key, repeats: int = 5):
+    """Accuracy, mean NFE per sample and the median wall time (after compilation) of
+    predicting the whole test split in batches of `cfg.eval_batch`, one joint solve
+    (shared step sizes) per batch, as the paper's code evaluates."""
+    once, _ = _predictor(model, state, x, cfg, key)
     outs = once()  # compiles
     times = []
     for _ in range(repeats):
@@ -401,14 +460,37 @@ def main(argv=None):
         "--stop-after", type=positive_int, default=None,
         help="checkpoint and stop each row after this many steps of this call",
     )  # fmt: skip
+    parser.add_argument(
+        "--time-only", action="store_true",
+        help="time the finished rows' predictions interleaved in this process "
+        "(predict s and speedup); trains nothing",
+    )  # fmt: skip
     parser.add_argument("--out", default="results/regularization_mnist")
     args = parser.parse_args(argv)
     preset = PROTOCOLS[args.protocol][args.model]
     given = {k: v for k, v in vars(args).items() if k in _FIELDS and v is not None}
-    rows = []
+    runs = []
     for name in args.regularizers.split(","):
         cfg = RegConfig(model=args.model, regularizer=name, **{**preset, **given})
-        out = pathlib.Path(args.out) / f"{args.model}_{name}_seed{args.seed}"
+        runs.append(
+            (cfg, pathlib.Path(args.out) / f"{args.model}_{name}_seed{args.seed}")
+        )
+    if args.time_only:
+        times = time_interleaved(runs)
+        rows = [
+            dict(regularizer=cfg.regularizer, predict_s=t, speedup=times[0] / t)
+            for (cfg, _), t in zip(runs, times)
+        ]
+        print(f"Prediction time, interleaved, {args.model.upper()}, seed {args.seed}:")
+        print_table(
+            rows, [("regularizer", "regularizer"), ("predict_s", "predict s"),
+                   ("speedup", "speedup")],
+        )  # fmt: skip
+        name = f"{args.model}_seed{args.seed}_timing.json"
+        write_json(pathlib.Path(args.out) / name, rows)
+        return rows
+    rows = []
+    for cfg, out in runs:
         row = run(
             cfg, out, checkpoint_every=args.checkpoint_every,
             stop_after=args.stop_after,

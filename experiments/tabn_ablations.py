@@ -43,6 +43,7 @@ from .common import (
     ClassifierConfig,
     evaluate,
     load_image_data,
+    one_in_ten_noisy,
     positive_int,
     print_table,
     train_classifier,
@@ -76,11 +77,7 @@ def _row(cfg, model, state, history, data, **extra):
 
 def study_noise(base, data, out, args):
     x, y = data["test"]
-    noisy = np.arange(len(x)) % 10 == 0
-    rng = np.random.default_rng(args.seed)
-    x_noisy = x + args.noise_std * noisy[:, None, None, None] * rng.standard_normal(
-        x.shape
-    ).astype(x.dtype)
+    x_noisy, noisy = one_in_ten_noisy(x, args.noise_std, args.seed)
     rows = []
     for norm in args.norms.split(","):
         cfg = dataclasses.replace(base, norm=norm)

@@ -88,6 +88,7 @@ from ._solver.stateful import (
     StatefulField as StatefulField,
     StatefulSolver as StatefulSolver,
 )
+from ._solver.tableau import RKTableau as RKTableau
 
 
 __version__ = "0.1.0"

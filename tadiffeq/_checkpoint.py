@@ -109,6 +109,7 @@ class Checkpointer:
         if found is None:
             return None
         path, meta, data = found
+        assert data is not None  # read with `read_arrays=True`
         expected = _layout(like)
         saved = meta.get("leaves")  # absent in checkpoints of tadiffeq 0.1
         if saved is not None and saved != expected:
@@ -166,7 +167,7 @@ class Checkpointer:
             data = None
             try:
                 meta = json.loads((path / "meta.json").read_text())
-                meta["step"], meta["metadata"]
+                _ = meta["step"], meta["metadata"]
                 if read_arrays:
                     data = (path / "arrays.eqx").read_bytes()
                     digest = meta.get("sha256")  # absent in tadiffeq 0.1's

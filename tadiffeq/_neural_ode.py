@@ -16,6 +16,7 @@ from ._regularizers.base import AbstractRegularizer, Plan, SolveResult, SolveSpe
 from ._regularizers.local import local_step_estimate
 from ._solver.controllers import check_tolerances, pid_controller, with_error_norm
 from ._solver.stateful import clone_state, StatefulField, StatefulSolver, time_dtype
+from ._solver.tableau import RKTableau
 
 
 class SolveStats(eqx.Module):
@@ -54,7 +55,7 @@ class SolveStats(eqx.Module):
         num_fn_evals,
         regularization,
         num_regularizer_evals,
-        num_nonfinite_statistics=0,
+        num_nonfinite_statistics: ArrayLike = 0,
     ):
         """The stats of a diffrax solution, with the evaluation counts and the
         regularization computed by the caller."""
@@ -171,7 +172,7 @@ class NeuralODE(eqx.Module):
         ):
             raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
         solver = dfx.Dopri5() if solver is None else solver
-        StatefulSolver(solver)  # Raises a TypeError naming `solver` if unsupported.
+        RKTableau.of(solver)  # Raises a TypeError naming `solver` if unsupported.
         if stepsize_controller is None:
             stepsize_controller = dfx.PIDController(rtol=1e-3, atol=1e-3)
         if not isinstance(stepsize_controller, dfx.AbstractStepSizeController):
@@ -182,7 +183,7 @@ class NeuralODE(eqx.Module):
         adaptive = isinstance(
             stepsize_controller, dfx.AbstractAdaptiveStepSizeController
         )
-        if adaptive and not StatefulSolver(solver).has_error_estimate:
+        if adaptive and not RKTableau.of(solver).has_error_estimate:
             raise ValueError(
                 f"`solver={type(solver).__name__}()` has no error estimate, so it "
                 "cannot be used with an adaptive `stepsize_controller`; use "
@@ -457,6 +458,8 @@ class NeuralODE(eqx.Module):
             adjoint=self.adjoint,
             max_steps=self.max_steps,
         )
+        # SaveAt(t1 or ts, solver_state=True): both are saved.
+        assert sol.ys is not None and sol.solver_state is not None
         ys, y_end = sol.ys, None
         if ts is None:
             ys = jtu.tree_map(lambda a: a[0], ys)

@@ -18,6 +18,7 @@ from ._regularizers.base import AbstractRegularizer, Plan, SolveResult, SolveSpe
 from ._solver.controllers import controller_tolerances
 from ._solver.estimates import scaled_error
 from ._solver.stateful import clone_state, run_stages, StatefulSolver, time_dtype
+from ._solver.tableau import RKTableau
 
 
 class _StratonovichSolver(StatefulSolver, dfx.AbstractStratonovichSolver):
@@ -153,7 +154,7 @@ class NeuralSDE(eqx.Module):
         if dt0 is not None and not (math.isfinite(dt0) and dt0 > 0):
             raise ValueError(f"`dt0` must be positive and finite, got {dt0}.")
         solver = dfx.Heun() if solver is None else solver
-        if not StatefulSolver(solver).has_error_estimate:
+        if not RKTableau.of(solver).has_error_estimate:
             raise ValueError(
                 f"`solver={type(solver).__name__}()` has no error estimate."
             )
@@ -279,7 +280,10 @@ class NeuralSDE(eqx.Module):
             else regularizer.plan(spec=spec, y0=y0, key=plan_key)
         )
         terms = self._terms(state, y0, bm_key)
-        solver = _StratonovichSolver(self.solver, plan.observers)
+        # StatefulSolver's __init__, inherited (pyright synthesises a dataclass one).
+        solver = _StratonovichSolver(  # pyright: ignore[reportCallIssue]
+            self.solver, plan.observers
+        )
         num_heuristic = 0
         # Times in the state's float dtype (a float32 state stays float32 with x64).
         tdt = time_dtype(y0)
@@ -300,6 +304,7 @@ class NeuralSDE(eqx.Module):
             max_steps=self.max_steps,
         )
         y1 = jtu.tree_map(lambda a: a[0], sol.ys)
+        assert sol.solver_state is not None  # SaveAt(solver_state=True)
         _, _, observed = sol.solver_state
         value, extra = jnp.zeros((), tdt), 0
         if regularizer is not None:
@@ -333,7 +338,7 @@ class NeuralSDE(eqx.Module):
         gradient-stopped. Returns `(E * dt, evals)`."""
         if kind != "error" or key is None:
             raise ValueError("NeuralSDE's local step needs kind='error' and a `key`.")
-        tab = StatefulSolver(self.solver).tableau
+        tab = RKTableau.of(self.solver)
         rtol_, atol_, norm = controller_tolerances(self.stepsize_controller, rtol, atol)
         t = jax.lax.stop_gradient(jnp.asarray(t, time_dtype(y)))
         y = jax.lax.stop_gradient(y)

@@ -20,7 +20,11 @@ from jaxtyping import PyTree
 BATCH_AXIS = "batch"
 
 
-def data_parallel_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+def data_parallel_mesh(
+    devices: (
+        Sequence[jax.Device] | None  # pyright: ignore[reportInvalidTypeForm]
+    ) = None,
+) -> Mesh:
     """A one-dimensional mesh named `"batch"` over `devices` (default: every device
     of every process, `jax.devices()`)."""
     devices = jax.devices() if devices is None else list(devices)

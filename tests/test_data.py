@@ -53,6 +53,22 @@ def test_read_idx_errors(tmp_path):
         read_idx(tmp_path / "missing")
     with pytest.raises(ValueError, match="`split`"):
         load_mnist_idx(tmp_path, "val")
+    # A truncated header, a header declaring more than the file holds (a huge
+    # dimension included), labels out of MNIST's range: each names the file.
+    (tmp_path / "short").write_bytes(b"\0\0")
+    with pytest.raises(ValueError, match="short: truncated IDX header"):
+        read_idx(tmp_path / "short")
+    (tmp_path / "dims").write_bytes(struct.pack(">HBB", 0, 0x08, 3) + b"\0\0\0\5")
+    with pytest.raises(ValueError, match="dims: truncated IDX header"):
+        read_idx(tmp_path / "dims")
+    huge = struct.pack(">HBB", 0, 0x08, 2) + struct.pack(">II", 2**32 - 1, 2**32 - 1)
+    (tmp_path / "huge").write_bytes(huge + b"abc")
+    with pytest.raises(ValueError, match=r"huge: the header declares shape .* holds 3"):
+        read_idx(tmp_path / "huge")
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((2, 28, 28)), False)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([3, 12]), False)
+    with pytest.raises(ValueError, match="labels-idx1-ubyte: MNIST labels must be 0-9"):
+        load_mnist_idx(tmp_path, "test")
 
 
 @pytest.mark.skipif(not (SHARED / "mnist").exists(), reason="shared MNIST data absent")
@@ -97,7 +113,13 @@ def test_iterate_batches():
     again = list(iterate_batches(x, y, 4, seed=1))
     np.testing.assert_array_equal(batches[0][0], again[0][0])
     with pytest.raises(ValueError, match="differ in length"):
-        list(iterate_batches(x, y[:3], 2))
+        iterate_batches(x, y[:3], 2)  # checked when called, not when first iterated
+    with pytest.raises(ValueError, match="`batch_size` 11 is larger than the data"):
+        iterate_batches(x, y, 11)
+    assert [len(b[0]) for b in iterate_batches(x, y, 11, drop_last=False)] == [10]
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="`batch_size` must be a positive int"):
+            iterate_batches(x, y, bad)
 
 
 def test_dataset_folders_env_then_cache_and_no_silent_fallback(tmp_path, monkeypatch):

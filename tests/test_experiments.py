@@ -31,6 +31,8 @@ def test_main_job_smoke(tmp_path, capsys):
     ]
     for r in rows:
         assert 0.0 <= r["acc_b256"] <= 1.0 and r["test_nfe"] > 0
+        assert 0.0 <= r["acc_noisy"] <= 1.0
+    assert "1-in-10 noisy" in out
 
 
 def test_training_is_deterministic_and_resumes_exactly(tmp_path):
@@ -90,6 +92,10 @@ def test_main_job_full(tmp_path):
     # TA-BN keeps it.
     assert by["minibatch"]["acc_b2"] < by["minibatch"]["acc_b256"] - 0.05
     assert abs(by["tabn"]["acc_b2"] - by["tabn"]["acc_b256"]) < 1e-9
+    # Fig. 3 (middle): noisy neighbours (std 10) cost mini-batch BN's clean samples
+    # accuracy; TA-BN solves each sample with its running statistics.
+    assert by["minibatch"]["acc_noisy"] < by["minibatch"]["acc_b256"] - 0.02
+    assert by["tabn"]["acc_noisy"] > by["tabn"]["acc_b256"] - 0.01
 
 
 def test_param_counts_smoke(capsys):
@@ -148,6 +154,19 @@ def test_regularization_mnist_smoke_and_exact_resume(tmp_path, capsys):
          "--out", str(tmp_path / "paper")]
     )  # fmt: skip
     assert paper[0]["config"]["weight"] == 1000.0 and paper[0]["sample_nfe"] > 0
+    # Finished rows timed interleaved in one process (trains nothing).
+    timed = rm.main(
+        ["--data", "synthetic", "--regularizers", "none,local_biased",
+         "--steps", "3", "--batch-size", "64", "--hidden", "16", "--eval-batch", "250",
+         "--out", str(tmp_path / "smoke"), "--time-only"]
+    )  # fmt: skip
+    assert [r["regularizer"] for r in timed] == ["none", "local_biased"]
+    assert timed[0]["speedup"] == 1.0 and all(r["predict_s"] > 0 for r in timed)
+    with pytest.raises(ValueError, match="no finished run"):
+        rm.main(
+            ["--data", "synthetic", "--regularizers", "local", "--steps", "3",
+             "--out", str(tmp_path / "smoke"), "--time-only"]
+        )  # fmt: skip
 
     cfg = rm.RegConfig(
         regularizer="local", steps=6, batch_size=64, hidden=8, data="synthetic"

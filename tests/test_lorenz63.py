@@ -284,6 +284,11 @@ def test_loader_errors_and_env(tmp_path, monkeypatch):
     np.save(tmp_path / "test.npy", np.ones((5, 2)))
     with pytest.raises(ValueError, match=r"\(N, 3\)"):
         load_lorenz63(tmp_path)
+    poisoned = np.ones((5, 3))
+    poisoned[3, 1], poisoned[4, 0] = np.nan, np.inf
+    np.save(tmp_path / "test.npy", poisoned)
+    with pytest.raises(ValueError, match=r"test.npy: 2 rows hold NaN or inf .* row 3"):
+        load_lorenz63(tmp_path)
 
 
 def test_shared_lorenz63_files():
@@ -345,6 +350,10 @@ def test_experiment_smoke_and_resume(tmp_path, capsys):
     # A checkpoint is never read back as a shorter run.
     with pytest.raises(ValueError, match="after 4 iterations.*--iterations 2"):
         lorenz63.run(dataclasses.replace(cfg, iterations=2), out_dir, **kw)
+    # Another model size: the config is refused before its arrays are read (the
+    # script's message, not a deserialisation error).
+    with pytest.raises(ValueError, match="another configuration"):
+        lorenz63.run(dataclasses.replace(cfg, hidden=16), out_dir, **kw)
 
 
 def test_experiment_smoke_adaptive_solvers(tmp_path, capsys):

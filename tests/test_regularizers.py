@@ -85,7 +85,7 @@ def test_stiffness_estimate_is_exact_for_a_linear_field():
     node, state = _linear_node(-7.0 * np.eye(3), solver=dfx.Tsit5())
     y = jnp.ones((2, 3))
     value, _ = td.local_step_estimate(node, state, 0.0, y, kind="stiffness")
-    tab = td.StatefulSolver(dfx.Tsit5()).tableau
+    tab = td.RKTableau.of(dfx.Tsit5())
     np.testing.assert_allclose(value * td.real_stability_boundary(tab), 7.0, rtol=1e-3)
 
 
@@ -97,16 +97,14 @@ def _stability_function(tab, z):
 
 def test_stability_boundaries_match_the_known_constants():
     for solver, size in [(dfx.Dopri5(), 3.3066), (dfx.Tsit5(), 3.5068)]:
-        tab = td.StatefulSolver(solver).tableau
+        tab = td.RKTableau.of(solver)
         x = td.real_stability_boundary(tab)
         assert abs(x - size) < 1e-4
         # |R(-x)| = 1 at the boundary and < 1 just inside.
         assert abs(abs(_stability_function(tab, -x)) - 1) < 1e-6
         assert abs(_stability_function(tab, -0.99 * x)) < 1
     with pytest.raises(ValueError, match="last two stages"):
-        td.stiffness_estimate(
-            td.StatefulSolver(dfx.Bosh3()).tableau, jnp.zeros((4, 1)), 0.1
-        )
+        td.stiffness_estimate(td.RKTableau.of(dfx.Bosh3()), jnp.zeros((4, 1)), 0.1)
 
 
 def _mlp(key, norm="none", features=4, scale=1.0, **kw):

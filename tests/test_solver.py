@@ -118,7 +118,7 @@ def test_adaptive_buffers_replay_the_accepted_evaluations(solver, getkey):
     accepted, rejected = int(stats.num_accepted_steps), int(stats.num_rejected_steps)
     assert rejected > 0 and accepted > 2
     n, ts, ms, vs = (np.asarray(a) for a in new_state.get(field.recorder.index))
-    s = td.StatefulSolver(solver).tableau.num_stages
+    s = td.RKTableau.of(solver).num_stages
     assert n == 1 + (s - 1) * accepted  # FSAL: first evaluation, then s - 1 per step
     assert (
         counter.count == int(stats.num_fn_evals) == 1 + (s - 1) * (accepted + rejected)
@@ -181,3 +181,16 @@ def test_diffrax_private_name_is_still_there():
         "tadiffeq/_diffrax_private.py and the diffrax pin in pyproject.toml."
     )
     assert issubclass(diffrax._term.AdjointTerm, dfx.AbstractTerm)
+
+
+def test_rk_tableau_of_tsit5_is_consistent():
+    """Row sums of a equal c (the method's consistency), b sums to 1, the error
+    weights to 0; FSAL and an error estimate for tsit5, neither for Euler."""
+    tab = td.RKTableau.of(dfx.Tsit5())
+    np.testing.assert_allclose(tab.a.sum(axis=1), tab.c, atol=1e-12)
+    assert tab.num_stages == 7 and abs(tab.b.sum() - 1) < 1e-12
+    assert tab.has_error_estimate and abs(tab.b_error.sum()) < 1e-12 and tab.fsal
+    euler = td.RKTableau.of(dfx.Euler())
+    assert not euler.has_error_estimate and euler.num_stages == 1
+    with pytest.raises(TypeError, match="`solver` must be"):
+        td.RKTableau.of(dfx.ImplicitEuler())

@@ -263,7 +263,7 @@ def test_channel_statistics_by_hand():
 
 def test_tiny_imagenet_folder(tmp_path, monkeypatch):
     pytest.importorskip("PIL")
-    from tabn_images import write_mock_tiny_imagenet
+    from experiments.tabn_images import write_mock_tiny_imagenet
 
     folder = write_mock_tiny_imagenet(tmp_path / "tiny-imagenet-200", per_class=2)
     wnids = tiny_imagenet_classes(folder)

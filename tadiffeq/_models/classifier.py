@@ -1,6 +1,7 @@
 """The "unmixed" image classifier: one Neural ODE over the image, then a linear head."""
 
 import math
+from typing import cast
 
 import equinox as eqx
 import jax
@@ -62,11 +63,12 @@ class UnmixedClassifier(eqx.Module):
     ):
         if not isinstance(ode, NeuralODE):
             raise TypeError(f"`ode` must be a NeuralODE, got {type(ode).__name__}.")
-        image_shape = tuple(int(s) for s in image_shape)
-        if len(image_shape) != 3:
+        shape = tuple(int(s) for s in image_shape)
+        if len(shape) != 3:
             raise ValueError(
-                f"`image_shape` must be (height, width, channels), got {image_shape}."
+                f"`image_shape` must be (height, width, channels), got {shape}."
             )
+        image_shape = shape
         if (
             isinstance(num_classes, bool)
             or not isinstance(num_classes, int)
@@ -100,7 +102,7 @@ class UnmixedClassifier(eqx.Module):
     @property
     def num_features(self) -> int:
         """The size of the flattened ODE output fed to the head."""
-        return self.linear.in_features
+        return cast(int, self.linear.in_features)  # built with an int, not "scalar"
 
     def __call__(
         self,

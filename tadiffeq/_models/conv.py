@@ -32,7 +32,7 @@ exactly as a small einsum instead of widening every conv input by one channel.
 
 import math
 import os
-from typing import Literal
+from typing import cast, Literal
 
 import equinox as eqx
 import jax
@@ -139,7 +139,7 @@ def _col2im_conv(x, w, stride, padding):
                 (1, stride, stride, 1),
             )
             out = part if out is None else out + part
-    return out
+    return cast(Array, out)  # set by the kernel's first tap
 
 
 def _up_kernel(w):
@@ -254,14 +254,15 @@ def conv2d(
             "conv2d: expected `x` of shape (batch, height, width, cin) and `w` of "
             f"shape (kh, kw, cin, cout), got {x.shape} and {w.shape}."
         )
-    padding = tuple(padding)
+    pad = tuple(padding)
     for name, value in (("stride", stride), ("dilation", dilation)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"conv2d: `{name}` must be a positive int, got {value!r}.")
-    if len(padding) != 2 or any(not isinstance(p, int) or p < 0 for p in padding):
+    if len(pad) != 2 or any(not isinstance(p, int) or p < 0 for p in pad):
         raise ValueError(
-            f"conv2d: `padding` must be (low, high) non-negative ints, got {padding}."
+            f"conv2d: `padding` must be (low, high) non-negative ints, got {pad}."
         )
+    padding = pad
     if x.dtype != w.dtype:
         raise TypeError(
             f"conv2d: `x` and `w` must have the same dtype, got {x.dtype} and "

@@ -105,6 +105,7 @@ class LatentODE(eqx.Module):
         k_enc, k_lat, k_field, k_dec = jax.random.split(key, 4)
         self.encoder = eqx.nn.GRUCell(2 * features + 1, hidden, key=k_enc)
         to_latent = eqx.nn.Linear(hidden, 2 * latent, key=k_lat)
+        assert to_latent.bias is not None  # use_bias=True
         self.to_latent = eqx.tree_at(
             lambda lin: lin.bias, to_latent, to_latent.bias.at[latent:].set(init_logstd)
         )

@@ -1,13 +1,15 @@
 """Global regularization of the solver's heuristics: ERNODE and SRNODE (Pal et al.,
 ICML 2021)."""
 
+from typing import cast, Literal
+
 import equinox as eqx
 from jaxtyping import Array, Float
 
 from .._solver.controllers import controller_tolerances
 from .._solver.estimates import check_stiffness_tableau, real_stability_boundary
 from .._solver.observers import StepAccumulator
-from .._solver.stateful import StatefulSolver
+from .._solver.tableau import RKTableau
 from .base import AbstractRegularizer, Plan, SolveResult, SolveSpec
 
 
@@ -66,9 +68,9 @@ class GlobalRegularizer(AbstractRegularizer):
             )
 
     @property
-    def reduction(self) -> str:
+    def reduction(self) -> Literal["mean", "sum", "max"]:
         if self.reduce is not None:
-            return self.reduce
+            return cast(Literal["mean", "sum", "max"], self.reduce)  # checked
         return "mean" if self.kind == "error" else "max"
 
     def plan(self, *, spec: SolveSpec, y0, key) -> Plan:
@@ -77,7 +79,7 @@ class GlobalRegularizer(AbstractRegularizer):
             raise ValueError(
                 "A NeuralSDE's solve takes GlobalRegularizer(kind='error') only."
             )
-        tableau = StatefulSolver(spec.solver).tableau
+        tableau = RKTableau.of(spec.solver)
         stability = 1.0
         if self.kind == "stiffness":
             check_stiffness_tableau(tableau)
@@ -91,4 +93,5 @@ class GlobalRegularizer(AbstractRegularizer):
     def finish(
         self, *, spec: SolveSpec, result: SolveResult
     ) -> tuple[Float[Array, ""], int]:
+        assert result.observed is not None  # the plan's observer
         return StepAccumulator.reduce(result.observed[0], self.reduction), 0

@@ -1,6 +1,8 @@
 """RNODE: kinetic energy and Jacobian Frobenius-norm regularization (Finlay et al.,
 2020)."""
 
+from collections.abc import Callable
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -18,7 +20,7 @@ class _KineticField(eqx.Module):
     """The field augmented with the two RNODE integrands, per sample:
     0.5 |f|^2 and |eps^T df/dy|^2 (Hutchinson's estimator of |df/dy|_F^2)."""
 
-    field: eqx.Module
+    field: Callable
     noise: Array
 
     def __call__(self, t, ya, state):
@@ -60,6 +62,7 @@ class RNODE(AbstractRegularizer):
         leaves = jtu.tree_leaves(y0)
         if len(leaves) != 1:
             raise ValueError("RNODE needs an array state (not a pytree).")
+        assert key is not None  # needs_key: the solve passes one
         noise = jax.random.normal(key, leaves[0].shape, leaves[0].dtype)
 
         def augment(field, y0):

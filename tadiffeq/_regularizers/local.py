@@ -1,7 +1,7 @@
 """Local regularization of solver heuristics (Pal, Edelman and Rackauckas, 2023)."""
 
 import functools
-from typing import Literal
+from typing import cast, Literal
 
 import diffrax as dfx
 import equinox as eqx
@@ -66,24 +66,27 @@ def local_step_estimate(
       `tadiffeq.real_stability_boundary`).
     """
     del key
-    if not isinstance(node, SolveSpec):
-        node = node.spec()  # a NeuralODE
-    solver = StatefulSolver(node.solver)
+    spec: SolveSpec
+    if isinstance(node, SolveSpec):
+        spec = node
+    else:  # a NeuralODE (annotated as a Module: this module cannot import it)
+        spec = node.spec()  # pyright: ignore[reportAttributeAccessIssue]
+    solver = StatefulSolver(spec.solver)
     tab = solver.tableau
     if not solver.has_error_estimate and kind == "error":
-        raise ValueError(f"`{type(node.solver).__name__}` has no error estimate.")
+        raise ValueError(f"`{type(spec.solver).__name__}` has no error estimate.")
     if kind == "stiffness":
         check_stiffness_tableau(tab)
-    rtol_, atol_, norm = controller_tolerances(node.stepsize_controller, rtol, atol)
+    rtol_, atol_, norm = controller_tolerances(spec.stepsize_controller, rtol, atol)
     tdt = time_dtype(y)
     t = jax.lax.stop_gradient(jnp.asarray(t, tdt))
     y = jax.lax.stop_gradient(y)
-    field = node.field
+    field = spec.field
     term = dfx.ODETerm(StatefulField(field, state))
     evaluations = 0
-    controller = node.stepsize_controller
+    controller = spec.stepsize_controller
     if isinstance(controller, dfx.AbstractAdaptiveStepSizeController):
-        t1 = jnp.asarray(node.t1, tdt)
+        t1 = jnp.asarray(spec.t1, tdt)
         tnext, _ = controller.init(
             term, t, t1, y, None, None, solver.func, solver.error_order(term)
         )
@@ -92,7 +95,7 @@ def local_step_estimate(
         dt = jax.lax.stop_gradient(jnp.minimum(tnext, t1) - t)
         evaluations += 2
     else:
-        dt = jnp.asarray(node.dt0, jnp.result_type(t))
+        dt = jnp.asarray(spec.dt0, jnp.result_type(t))
 
     def evaluate(tt, z, _):
         f, _ = field(tt, z, clone_state(state))
@@ -178,6 +181,7 @@ class LocalRegularizer(AbstractRegularizer):
             raise ValueError(
                 "A NeuralSDE's solve takes LocalRegularizer(kind='error') only."
             )
+        assert key is not None  # needs_key: the solve passes one
         if self.sampling == "biased":
             return Plan(observers=(StepReservoir(key),))
         t_s = jax.random.uniform(
@@ -187,12 +191,13 @@ class LocalRegularizer(AbstractRegularizer):
 
     def sample(self, result: SolveResult) -> tuple[Float[Array, ""], PyTree[Array]]:
         """The sampled `(t_s, y(t_s))` of a finished solve."""
+        assert result.observed is not None  # the plan's observer
         if self.sampling == "biased":
             _, t_s, y_s = result.observed[0]
             return t_s, y_s
         (probe,) = result.plan.observers
         y_s, _ = result.observed[0]
-        return probe.t, y_s
+        return cast(TimeProbe, probe).t, y_s
 
     def finish(
         self, *, spec: SolveSpec, result: SolveResult
@@ -201,7 +206,8 @@ class LocalRegularizer(AbstractRegularizer):
         step = spec.local_step
         if step is None:
             step = functools.partial(local_step_estimate, spec)
+        kind = cast(Literal["error", "stiffness"], self.kind)  # checked at init
         return step(
-            result.state, t_s, y_s, kind=self.kind, rtol=self.rtol, atol=self.atol,
+            result.state, t_s, y_s, kind=kind, rtol=self.rtol, atol=self.atol,
             stop_first_stage=self.stop_first_stage, key=result.key,
         )  # fmt: skip

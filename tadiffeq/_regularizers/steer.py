@@ -45,6 +45,7 @@ class STEER(AbstractRegularizer):
                 f"STEER: `b` must be smaller than t1 - t0 = {spec.t1 - spec.t0}, got "
                 f"{self.b}."
             )
+        assert key is not None  # needs_key: the solve passes one
         t1 = spec.t1 + jax.random.uniform(key, (), minval=-self.b, maxval=self.b)
         return Plan(t1=t1)
 

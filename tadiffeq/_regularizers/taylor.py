@@ -1,5 +1,7 @@
 """TayNODE: regularizing the K-th total time derivative (Kelly et al., 2020)."""
 
+from collections.abc import Callable
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -31,7 +33,7 @@ def total_derivatives(fn, t, y: Array, order: int) -> list[Array]:
 class _TaylorField(eqx.Module):
     """The field augmented with the per-sample integrand |d^K y / dt^K|^2."""
 
-    field: eqx.Module
+    field: Callable
     order: int = eqx.field(static=True)
 
     def __call__(self, t, ya, state):

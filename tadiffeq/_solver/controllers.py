@@ -3,6 +3,7 @@ wrappers (e.g. `ClipStepSizeController`), and its tolerances checked."""
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 import diffrax as dfx
 import equinox as eqx
@@ -60,9 +61,9 @@ def controller_tolerances(
     error norm (RMS without one)."""
     pid = pid_controller(controller)
     if pid is not None:
-        return (
-            pid.rtol if rtol is None else rtol,
-            pid.atol if atol is None else atol,
+        return (  # (diffrax types them RealScalarLike; tadiffeq's are floats)
+            cast(float, pid.rtol) if rtol is None else rtol,
+            cast(float, pid.atol) if atol is None else atol,
             pid.norm,
         )
     if rtol is None or atol is None:

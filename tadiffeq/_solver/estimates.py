@@ -8,6 +8,8 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, Float, PyTree
 
+from .tableau import RKTableau
+
 
 def scaled_error(
     y0: PyTree[Array],
@@ -31,7 +33,7 @@ def scaled_error(
     return norm(jtu.tree_map(scale, y0, y1, y_error))
 
 
-def check_stiffness_tableau(tableau) -> None:
+def check_stiffness_tableau(tableau: RKTableau) -> None:
     """Stiffness needs the last two stages at the step's end time (dopri5, tsit5)."""
     c = tableau.c
     if tableau.num_stages < 3 or not (c[-1] == 1.0 and c[-2] == 1.0):
@@ -43,7 +45,7 @@ def check_stiffness_tableau(tableau) -> None:
 
 
 def stiffness_estimate(
-    tableau,
+    tableau: RKTableau,
     ks: PyTree[Array],
     dt,
     norm: Callable = optx.rms_norm,
@@ -71,7 +73,7 @@ def stiffness_estimate(
     return norm(df) / (norm(dz) + eps)
 
 
-def real_stability_boundary(tableau, *, upper: float = 20.0) -> float:
+def real_stability_boundary(tableau: RKTableau, *, upper: float = 20.0) -> float:
     """The size of an explicit Runge--Kutta method's stability region along the
     negative real axis: the largest x with |R(-s)| <= 1 for all s in (0, x], where
     R(z) = 1 + z b^T (I - z A)^{-1} 1 = 1 + sum_k z^k b^T A^{k-1} 1 is its stability

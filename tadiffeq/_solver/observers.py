@@ -20,6 +20,7 @@ import optimistix as optx
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from .estimates import scaled_error, stiffness_estimate
+from .tableau import RKTableau
 
 
 class StepInfo(NamedTuple):
@@ -31,7 +32,7 @@ class StepInfo(NamedTuple):
     y1: PyTree[Array]
     y_error: PyTree[Array] | None
     ks: PyTree[Array]  # stage increments k_i = f_i dt, stacked on a leading axis
-    tableau: Any  # the solver's Butcher tableau (tadiffeq._solver.stateful._Tableau)
+    tableau: RKTableau  # the solver's Butcher tableau
     interpolation: Any  # diffrax local interpolation over [t0, t1]
 
 

@@ -25,7 +25,7 @@ Design decisions (documented in the user guide as well):
 """
 
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, cast, ClassVar, NamedTuple
 
 import diffrax as dfx
 import equinox as eqx
@@ -38,6 +38,7 @@ from jaxtyping import Array, PyTree
 
 from .._diffrax_private import AdjointTerm
 from .observers import AbstractStepObserver, StepInfo
+from .tableau import RKTableau
 
 
 def clone_state(state: eqx.nn.State) -> eqx.nn.State:
@@ -91,67 +92,6 @@ def _is_adjoint(terms) -> bool:
     return isinstance(_unwrap(terms)[0], AdjointTerm)
 
 
-class _Tableau(eqx.Module):
-    """A dense explicit Butcher tableau, stored as (hashable) tuples of floats."""
-
-    c_: tuple[float, ...] = eqx.field(static=True)  # (s,), c[0] = 0
-    a_: tuple[tuple[float, ...], ...] = eqx.field(static=True)  # (s, s) lower
-    b_: tuple[float, ...] = eqx.field(static=True)  # (s,)
-    b_error_: tuple[float, ...] | None = eqx.field(static=True)  # (s,) or None
-    fsal: bool = eqx.field(static=True)
-
-    @property
-    def c(self) -> np.ndarray:
-        return np.asarray(self.c_)
-
-    @property
-    def a(self) -> np.ndarray:
-        return np.asarray(self.a_)
-
-    @property
-    def b(self) -> np.ndarray:
-        return np.asarray(self.b_)
-
-    @property
-    def b_error(self) -> np.ndarray | None:
-        return None if self.b_error_ is None else np.asarray(self.b_error_)
-
-    @property
-    def num_stages(self) -> int:
-        return len(self.b_)
-
-
-def _tuple(x) -> tuple:
-    x = np.asarray(x, dtype=float)
-    return tuple(map(_tuple, x)) if x.ndim > 1 else tuple(float(v) for v in x)
-
-
-def _tableau_of(solver: dfx.AbstractSolver) -> _Tableau:
-    if isinstance(solver, dfx.Euler):
-        return _Tableau((0.0,), ((0.0,),), (1.0,), None, False)
-    tableau = getattr(type(solver), "tableau", None)
-    if not isinstance(solver, dfx.AbstractERK) or not isinstance(
-        tableau, dfx.ButcherTableau
-    ):
-        raise TypeError(
-            "`solver` must be diffrax.Euler or an explicit Runge--Kutta solver with a "
-            "single Butcher tableau (Dopri5, Tsit5, Bosh3, Heun, Midpoint, Ralston, "
-            f"Dopri8); got {type(solver).__name__}."
-        )
-    s = tableau.num_stages
-    a = np.zeros((s, s))
-    for i, row in enumerate(tableau.a_lower):
-        a[i + 1, : len(row)] = row
-    c = np.concatenate([[0.0], np.asarray(tableau.c, dtype=float)])
-    return _Tableau(
-        _tuple(c),
-        _tuple(a),
-        _tuple(tableau.b_sol),
-        _tuple(tableau.b_error),
-        bool(tableau.fsal),
-    )
-
-
 def _dot(coeffs: np.ndarray, ks: PyTree[Array]) -> PyTree[Array]:
     """sum_i coeffs[i] ks[i] for each leaf of a stacked-stages pytree."""
     return jtu.tree_map(
@@ -182,7 +122,7 @@ class Stages(NamedTuple):
 
 
 def run_stages(
-    tableau: _Tableau,
+    tableau: RKTableau,
     evaluate: Evaluate,
     t0,
     dt,
@@ -261,7 +201,7 @@ class StatefulSolver(dfx.AbstractAdaptiveSolver):
     """
 
     solver: dfx.AbstractSolver
-    tableau: _Tableau
+    tableau: RKTableau
     observers: tuple[AbstractStepObserver, ...]
 
     term_structure: ClassVar = dfx.AbstractTerm
@@ -271,7 +211,7 @@ class StatefulSolver(dfx.AbstractAdaptiveSolver):
         solver: dfx.AbstractSolver,
         observers: Sequence[AbstractStepObserver] = (),
     ):
-        self.tableau = _tableau_of(solver)
+        self.tableau = RKTableau.of(solver)
         self.solver = solver
         self.observers = tuple(observers)
         for obs in self.observers:
@@ -286,7 +226,7 @@ class StatefulSolver(dfx.AbstractAdaptiveSolver):
 
     @property
     def has_error_estimate(self) -> bool:
-        return self.tableau.b_error is not None
+        return self.tableau.has_error_estimate
 
     def order(self, terms):
         return self.solver.order(terms)
@@ -339,6 +279,7 @@ class StatefulSolver(dfx.AbstractAdaptiveSolver):
 
         # Stage 0.
         if fsal:
+            assert field is not None  # fsal implies it
             if made_jump is False:
                 f0 = fsal_f
             else:
@@ -358,9 +299,9 @@ class StatefulSolver(dfx.AbstractAdaptiveSolver):
         else:
             dense_info = dict(y0=y0, y1=stages.y1)
         if observed is not None:
-            info = StepInfo(
-                t0=t0, t1=t1, y0=y0, y1=stages.y1, y_error=stages.y_error,
-                ks=stages.ks, tableau=tab,
+            info = StepInfo(  # (diffrax's loop passes the times as arrays)
+                t0=cast(Array, t0), t1=cast(Array, t1), y0=y0, y1=stages.y1,
+                y_error=stages.y_error, ks=stages.ks, tableau=tab,
                 interpolation=self.interpolation_cls(t0=t0, t1=t1, **dense_info),
             )  # fmt: skip
             observed = tuple(

@@ -3,6 +3,7 @@ random crop with padding, horizontal flip, random erasing."""
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import equinox as eqx
 import jax
@@ -40,7 +41,7 @@ def random_crop(
     padding: int,
     *,
     fill: ArrayLike | Sequence[float] = 0.0,
-) -> Float[Array, "batch height width channels"]:
+) -> Float[Array | np.ndarray, "batch height width channels"]:
     """Pads every image by `padding` pixels on each side with `fill` and crops a
     window of the original size at an independent uniform offset in
     `{0, ..., 2 * padding}^2` per image (torchvision's `RandomCrop(size, padding)`).
@@ -217,6 +218,7 @@ class ImageAugmentation(eqx.Module):
             images = random_crop(
                 k_crop, images, self.crop_padding, fill=jnp.asarray(self.crop_fill)
             )
+            images = cast(Array, images)  # an Array in, an Array out
         if self.flip_probability:
             images = random_flip(k_flip, images, self.flip_probability)
         if self.erasing_probability:

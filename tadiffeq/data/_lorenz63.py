@@ -34,7 +34,8 @@ def load_lorenz63(path: str | os.PathLike | None = None) -> dict[str, np.ndarray
 
     `path`: the directory holding `train.npy` and `test.npy` (default:
     [`tadiffeq.data.default_lorenz63_dir`][]). Raises `FileNotFoundError` naming the
-    missing file.
+    missing file, and a ValueError naming a file of another shape or with
+    non-finite values.
     """
     directory = default_lorenz63_dir() if path is None else pathlib.Path(path)
     out = {}
@@ -48,6 +49,12 @@ def load_lorenz63(path: str | os.PathLike | None = None) -> dict[str, np.ndarray
         x = np.load(file)
         if x.ndim != 2 or x.shape[1] != 3 or not np.issubdtype(x.dtype, np.floating):
             raise ValueError(f"{file}: expected a float (N, 3) array, got {x.shape}.")
+        bad = np.flatnonzero(~np.all(np.isfinite(x), axis=1))
+        if bad.size:
+            raise ValueError(
+                f"{file}: {bad.size} rows hold NaN or inf (the first at row "
+                f"{bad[0]}); the trajectories must be finite."
+            )
         out[split] = x.astype(np.float64)
     return out
 

@@ -1,6 +1,7 @@
 """The MNIST digits from the original IDX files, read offline."""
 
 import gzip
+import math
 import os
 import pathlib
 import struct
@@ -30,15 +31,27 @@ def _open(path: pathlib.Path):
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Reads one IDX file (optionally gzip-compressed) into a NumPy array."""
+    """Reads one IDX file of unsigned bytes (optionally gzip-compressed) into a NumPy
+    array of the shape its header declares. A damaged file (short header, another
+    element type, more or fewer bytes than the header declares) is a ValueError
+    naming it."""
     with _open(pathlib.Path(path)) as f:
-        zero, dtype_code, ndim = struct.unpack(">HBB", f.read(4))
+        header = f.read(4)
+        if len(header) < 4:
+            raise ValueError(f"{path}: truncated IDX header ({len(header)} bytes).")
+        zero, dtype_code, ndim = struct.unpack(">HBB", header)
         if zero != 0 or dtype_code != 0x08:
             raise ValueError(f"{path}: not an unsigned-byte IDX file.")
-        shape = struct.unpack(">" + "I" * ndim, f.read(4 * ndim))
+        dims = f.read(4 * ndim)
+        if len(dims) < 4 * ndim:
+            raise ValueError(f"{path}: truncated IDX header (its {ndim} dimensions).")
+        shape = struct.unpack(">" + "I" * ndim, dims)
         data = np.frombuffer(f.read(), dtype=np.uint8)
-    if data.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: expected {shape} values, got {data.size}.")
+    if data.size != math.prod(shape):
+        raise ValueError(
+            f"{path}: the header declares shape {shape} ({math.prod(shape)} values), "
+            f"the file holds {data.size}."
+        )
     return data.reshape(shape)
 
 
@@ -69,7 +82,13 @@ def load_mnist_idx(
     labels = read_idx(directory / _FILES[split][1])
     if images.ndim != 3 or labels.shape != images.shape[:1]:
         raise ValueError(
-            f"Inconsistent MNIST files: images {images.shape}, labels {labels.shape}."
+            f"Inconsistent MNIST files in {directory}: images {images.shape}, labels "
+            f"{labels.shape}."
+        )
+    if labels.size and labels.max() > 9:
+        raise ValueError(
+            f"{directory / _FILES[split][1]}: MNIST labels must be 0-9, found "
+            f"{int(labels.max())}."
         )
     return images, labels
 

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import pathlib
+from typing import Any
 
 import diffrax as dfx
 import equinox as eqx
@@ -174,7 +175,7 @@ def generate_pendulum_chain(
     _check("num_times", num_times, integer=True, low=2)
     _check("num_pendulums", num_pendulums, integer=True, low=1)
     _check("seed", seed, integer=True, low=0)
-    params = dict(
+    params: dict[str, Any] = dict(
         version=_VERSION, solver="Dopri8", num_trajectories=num_trajectories,
         num_times=num_times, num_pendulums=num_pendulums, seed=seed,
         dt=_check("dt", dt, positive=True),
@@ -226,6 +227,10 @@ def generate_pendulum_chain(
     if file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
         tmp = file.with_name(f"{file.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, params=np.asarray(key), **out)
+        np.savez(
+            tmp,
+            params=np.asarray(key),
+            **out,  # pyright: ignore[reportArgumentType]
+        )
         os.replace(tmp, file)
     return out

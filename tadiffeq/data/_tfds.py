@@ -4,6 +4,8 @@ NumPy arrays."""
 
 import dataclasses
 import os
+from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 
@@ -203,8 +205,11 @@ def load_tfds_split(
         )  # fmt: skip
         images, labels = arrays["image"], arrays["label"]
     else:
-        source = tfds.data_source(
-            info.tfds_name, split=split, data_dir=data_dir, download=download
+        source = cast(  # one split: one data source
+            Sequence[Any],
+            tfds.data_source(
+                info.tfds_name, split=split, data_dir=data_dir, download=download
+            ),
         )
         count = len(source) if limit is None else min(limit, len(source))
         images = np.empty((count, *info.image_shape), np.uint8)

@@ -96,10 +96,11 @@ class DiffraxStep(AbstractOneStep):
                 stepsize_controller=controller,
                 max_steps=self.max_steps,
                 throw=self.throw,
-                **adjoint,
+                **adjoint,  # pyright: ignore[reportArgumentType]
             )
             n_acc = sol.stats["num_accepted_steps"]
             n_rej = sol.stats["num_rejected_steps"]
+            assert sol.ys is not None  # SaveAt(t1=True)
             return sol.ys[-1], n_acc, n_rej
 
         if self.per_sample:

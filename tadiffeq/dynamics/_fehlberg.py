@@ -120,7 +120,8 @@ class FehlbergStep(AbstractOneStep):
             )
         h = self.h
         a1, a2 = heun_rk3(f, x, h)
-        reference = target if self.mode == "fehlberg" else a1
+        # (mode="fehlberg" has a target, checked above)
+        reference = target if self.mode == "fehlberg" and target is not None else a1
         r = jax.lax.stop_gradient(jnp.sum(jnp.abs(reference - a2), axis=-1) / h)
         accepted = r < self.eps
         # h / h' = sqrt(r / eps) / S; a non-finite r (a diverged model) takes the cap.
