@@ -19,6 +19,8 @@ import optax
 import tadiffeq as td
 from tadiffeq.data import iterate_batches, mnist_offline_split, synthetic_digits
 
+from .training import optimizer_step
+
 
 #: This workspace's shared data (`../shared/data` beside the checkout): where the
 #: experiments, not the library, look for a dataset that no environment variable or
@@ -197,24 +199,25 @@ def make_optimizer(cfg: ClassifierConfig, steps: int):
 
 
 def make_train_step(optimizer, penalty_weight: float):
-    @eqx.filter_jit
-    def train_step(model, opt_state, state, x, y, key):
-        def loss_fn(model):
-            logits, new_state, stats = model(x, state, key=key)
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-            loss = ce
-            if penalty_weight:
-                loss = loss + td.affine_penalty(model.ode.field, penalty_weight)
-            acc = jnp.mean(jnp.argmax(logits, -1) == y)
-            return loss, (new_state, stats, acc)
+    """The classifier's train step: `(model, opt_state, state, x, y, key) -> (model,
+    opt_state, state, loss, acc, nfe)`, cross-entropy plus TA-BN's affine penalty."""
 
-        (loss, (new_state, stats, acc)), grads = eqx.filter_value_and_grad(
-            loss_fn, has_aux=True
-        )(model)
-        params = eqx.filter(model, eqx.is_inexact_array)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        model = eqx.apply_updates(model, updates)
-        return model, opt_state, new_state, loss, acc, stats.num_fn_evals
+    def loss_fn(model, state, x, y, key):
+        logits, new_state, stats = model(x, state, key=key)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        loss = ce
+        if penalty_weight:
+            loss = loss + td.affine_penalty(model.ode.field, penalty_weight)
+        acc = jnp.mean(jnp.argmax(logits, -1) == y)
+        return loss, (new_state, stats.num_fn_evals, acc)
+
+    step = optimizer_step(loss_fn, optimizer)
+
+    def train_step(model, opt_state, state, x, y, key):
+        model, opt_state, loss, (new_state, nfe, acc) = step(
+            model, opt_state, state, x, y, key
+        )
+        return model, opt_state, new_state, loss, acc, nfe
 
     return train_step
 

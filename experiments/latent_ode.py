@@ -54,6 +54,7 @@ from .common import (
     restore_checked,
     write_json,
 )
+from .training import optimizer_step
 
 
 REGULARIZERS = {
@@ -181,22 +182,22 @@ def run(
     optimizer = optax.adam(cfg.lr)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
 
-    @eqx.filter_jit
-    def train_step(model, opt_state, values, mask, key, weights):
-        def loss_fn(model):
-            return model.loss(
-                times, values, mask, state, key=key, regularizer=reg,
-                kl_weight=weights[0], reg_weight=weights[1],
-            )  # fmt: skip
-
-        (loss, aux), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model)
-        updates, opt_state = optimizer.update(grads, opt_state)
+    def loss_fn(model, values, mask, key, weights):
+        loss, aux = model.loss(
+            times, values, mask, state, key=key, regularizer=reg,
+            kl_weight=weights[0], reg_weight=weights[1],
+        )  # fmt: skip
         stats = aux["stats"]
         nfe = stats.num_fn_evals + stats.num_regularizer_evals
-        return (
-            eqx.apply_updates(model, updates), opt_state, loss, aux["mse"], nfe,
-            stats.regularization,
-        )  # fmt: skip
+        return loss, (aux["mse"], nfe, stats.regularization)
+
+    update = optimizer_step(loss_fn, optimizer)
+
+    def train_step(model, opt_state, values, mask, key, weights):
+        model, opt_state, loss, (mse, nfe, r) = update(
+            model, opt_state, values, mask, key, weights
+        )
+        return model, opt_state, loss, mse, nfe, r
 
     ckpt = td.Checkpointer(out / "checkpoint")
     history = {"loss": [], "mse": [], "train_nfe": [], "reg": [], "seconds": 0.0}

@@ -58,6 +58,7 @@ from .common import (
     restore_checked,
     write_json,
 )
+from .training import optimizer_step
 
 
 @dataclass
@@ -156,23 +157,21 @@ def _make_train_step(cfg: PhysicalConfig, optimizer):
     ts = window_times(cfg)
     penalty = cfg.affine_penalty if cfg.norm.startswith("tabn") else 0.0
 
-    @eqx.filter_jit
-    def train_step(model, opt_state, state, windows):
-        def loss_fn(model):
-            ys, new_state, stats = model(windows[:, 0], state, ts=ts)
-            target = jnp.swapaxes(windows[:, 1:], 0, 1)  # (window, batch, D)
-            mse = jnp.mean((ys - target) ** 2)
-            loss = mse + (td.affine_penalty(model.field, penalty) if penalty else 0.0)
-            mae = jnp.mean(jnp.abs(ys - target))
-            return loss, (new_state, stats, mae)
+    def loss_fn(model, state, windows):
+        ys, new_state, stats = model(windows[:, 0], state, ts=ts)
+        target = jnp.swapaxes(windows[:, 1:], 0, 1)  # (window, batch, D)
+        mse = jnp.mean((ys - target) ** 2)
+        loss = mse + (td.affine_penalty(model.field, penalty) if penalty else 0.0)
+        mae = jnp.mean(jnp.abs(ys - target))
+        return loss, (new_state, stats.num_fn_evals, mae)
 
-        (loss, (new_state, stats, mae)), grads = eqx.filter_value_and_grad(
-            loss_fn, has_aux=True
-        )(model)
-        params = eqx.filter(model, eqx.is_inexact_array)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        model = eqx.apply_updates(model, updates)
-        return model, opt_state, new_state, loss, mae, stats.num_fn_evals
+    step = optimizer_step(loss_fn, optimizer)
+
+    def train_step(model, opt_state, state, windows):
+        model, opt_state, loss, (new_state, nfe, mae) = step(
+            model, opt_state, state, windows
+        )
+        return model, opt_state, new_state, loss, mae, nfe
 
     return train_step
 

@@ -43,6 +43,7 @@ from .common import (
     restore_checked,
     write_json,
 )
+from .training import optimizer_step
 
 
 REGULARIZERS = {
@@ -278,26 +279,14 @@ def run(
     k_train, description = s.key, s.description
     schedule = regularization_weights(reg, cfg)
 
-    @eqx.filter_jit
-    @eqx.debug.assert_max_traces(max_traces=1)  # the weight is an array, not static
-    def train_step(model, opt_state, x, y, key, weight):
-        def loss_fn(model):
-            logits, _, stats = model(x, state, key=key, regularizer=reg)
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-            return ce + weight * stats.regularization, (ce, stats)
-
-        (loss, (ce, stats)), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(
-            model
-        )
-        updates, opt_state = optimizer.update(grads, opt_state)
+    def loss_fn(model, x, y, key, weight):
+        logits, _, stats = model(x, state, key=key, regularizer=reg)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         nfe = stats.num_fn_evals + stats.num_regularizer_evals
-        return (
-            eqx.apply_updates(model, updates),
-            opt_state,
-            ce,
-            nfe,
-            stats.regularization,
-        )
+        return ce + weight * stats.regularization, (ce, nfe, stats.regularization)
+
+    # The weight is an array, not static: one compilation.
+    train_step = optimizer_step(loss_fn, optimizer, max_traces=1)
 
     ckpt = td.Checkpointer(out / "checkpoint")
     history = {"ce": [], "train_nfe": [], "reg": [], "seconds": 0.0}
@@ -321,7 +310,7 @@ def run(
         for i, (xb, yb) in enumerate(batches):
             if i < offset:
                 continue
-            model, opt_state, ce, nfe, r = train_step(
+            model, opt_state, _, (ce, nfe, r) = train_step(
                 model, opt_state, jnp.asarray(xb), jnp.asarray(yb),
                 jax.random.fold_in(k_train, step), jnp.asarray(schedule(step)),
             )  # fmt: skip

@@ -23,6 +23,7 @@ import optax
 import tadiffeq as td
 
 from .common import positive_int, print_table, write_json
+from .training import optimizer_step
 
 
 @dataclass
@@ -83,16 +84,12 @@ def run(cfg: ToyConfig) -> dict:
     opt_state = opt.init(eqx.filter(model, eqx.is_inexact_array))
     weight = cfg.weight if reg is not None else 0.0
 
-    @eqx.filter_jit
-    def step(model, opt_state, key):
-        def loss_fn(model):
-            logits, _, stats = model(x, state, regularizer=reg, key=key)
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-            return ce + weight * stats.regularization, stats
+    def loss_fn(model, key):
+        logits, _, stats = model(x, state, regularizer=reg, key=key)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return ce + weight * stats.regularization, stats
 
-        (loss, stats), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model)
-        updates, opt_state = opt.update(grads, opt_state)
-        return eqx.apply_updates(model, updates), opt_state, loss, stats
+    step = optimizer_step(loss_fn, opt)
 
     t0 = time.perf_counter()
     train_nfe = 0
