@@ -15,6 +15,7 @@ from ._norm.tabn import TABatchNorm
 from ._regularizers.base import AbstractRegularizer, Plan, SolveResult, SolveSpec
 from ._regularizers.local import local_step_estimate
 from ._solver.controllers import check_tolerances, pid_controller, with_error_norm
+from ._solver.diagnose import check_finite_input, check_solution
 from ._solver.stateful import clone_state, StatefulField, StatefulSolver, time_dtype
 from ._solver.tableau import RKTableau
 
@@ -94,7 +95,8 @@ class NeuralODE(eqx.Module):
     does not depend on the rest of the batch. Mini-batch BN needs the batch and is
     solved jointly. Override with `per_sample_inference`.
 
-    Exceeding `max_steps` raises an error (diffrax's `throw=True`); the solver is never
+    A failed solve raises an error that says why (`x` with NaN/inf; a state that
+    became NaN/inf or blew up; the step budget, `max_steps`); the solver is never
     silently switched.
 
     **Arguments:**
@@ -420,6 +422,7 @@ class NeuralODE(eqx.Module):
         if ts is not None:
             ts = ts.astype(tdt)
         solver = StatefulSolver(self.solver, plan.observers)
+        y_init = check_finite_input(y_init)
         term = dfx.ODETerm(StatefulField(field, state))
         num_heuristic = 0
         dt0 = None if self.dt0 is None else jnp.asarray(self.dt0, tdt)
@@ -457,12 +460,15 @@ class NeuralODE(eqx.Module):
             stepsize_controller=controller,
             adjoint=self.adjoint,
             max_steps=self.max_steps,
+            # Solving to t1, a failure is diagnosed below (check_solution).
+            throw=ts is not None,
         )
         # SaveAt(t1 or ts, solver_state=True): both are saved.
         assert sol.ys is not None and sol.solver_state is not None
         ys, y_end = sol.ys, None
         if ts is None:
             ys = jtu.tree_map(lambda a: a[0], ys)
+            ys = check_solution(sol, y_init, ys, ys, max_steps=self.max_steps)
             y_end = ys
         elif save_t1:
             y_end = jtu.tree_map(lambda a: a[-1], ys)

@@ -16,6 +16,7 @@ from ._neural_ode import SolveStats
 from ._norm.base import norm_layers
 from ._regularizers.base import AbstractRegularizer, Plan, SolveResult, SolveSpec
 from ._solver.controllers import controller_tolerances
+from ._solver.diagnose import check_finite_input, check_solution
 from ._solver.estimates import scaled_error
 from ._solver.stateful import clone_state, run_stages, StatefulSolver, time_dtype
 from ._solver.tableau import RKTableau
@@ -266,6 +267,7 @@ class NeuralSDE(eqx.Module):
                 f"{type(regularizer).__name__} does not regularize a NeuralSDE's "
                 "solve (LocalRegularizer and GlobalRegularizer, kind='error', do)."
             )
+        y0 = check_finite_input(y0)
         bm_key, reg_key = jax.random.split(key)
         plan_key, noise_key = jax.random.split(reg_key)
         spec = SolveSpec(
@@ -302,8 +304,10 @@ class NeuralSDE(eqx.Module):
             saveat=dfx.SaveAt(t1=True, solver_state=True),
             stepsize_controller=self.stepsize_controller,
             max_steps=self.max_steps,
+            throw=False,  # diagnosed by check_solution
         )
         y1 = jtu.tree_map(lambda a: a[0], sol.ys)
+        y1 = check_solution(sol, y0, y1, y1, max_steps=self.max_steps)
         assert sol.solver_state is not None  # SaveAt(solver_state=True)
         _, _, observed = sol.solver_state
         value, extra = jnp.zeros((), tdt), 0

@@ -108,3 +108,39 @@ CALLS = [
 def test_bad_call(what, call, error, pattern):
     with pytest.raises(error, match=pattern):
         call()
+
+
+class _Cubic(td.AbstractVectorField):
+    """dy/dt = y**3: from y0 = 10 it blows up at t = 1 / 200."""
+
+    def __call__(self, t, y, state):
+        return y**3, state
+
+
+class _NaNField(td.AbstractVectorField):
+    def __call__(self, t, y, state):
+        return y * jnp.nan, state
+
+
+@pytest.mark.parametrize(
+    "field, x, match",
+    [
+        (_Cubic(), jnp.full((2, 3), 10.0), "blows up before t1"),
+        (_Cubic(), jnp.array([[1.0, jnp.nan, 0.0]]), "`x` contains NaN or inf"),
+        (_NaNField(), jnp.ones((2, 3)), "returns NaN/inf near the state reached"),
+    ],
+    ids=["blow-up", "nan input", "nan field"],
+)
+def test_failed_solves_say_why(field, x, match):
+    """A failed solve names its cause instead of diffrax's one 'Try increasing
+    max_steps': a NaN input, a blow-up (raising max_steps changes nothing), a field
+    whose every step is rejected; the same for the NeuralSDE."""
+    for max_steps in (64, 4096):
+        node, state = eqx.nn.make_with_state(td.NeuralODE)(field, max_steps=max_steps)
+        with pytest.raises(Exception, match=match):
+            jax.block_until_ready(eqx.filter_jit(node)(x, state))
+    zero = td.MLPField(3, (), norm="none", key=jax.random.key(0))
+    zero = eqx.tree_at(lambda f: f.layers[0].weight, zero, jnp.zeros((4, 3)))
+    sde = td.NeuralSDE(field, zero, max_steps=1024)
+    with pytest.raises(Exception, match=match):
+        jax.block_until_ready(sde(x, eqx.nn.State(sde), key=jax.random.key(1)))
