@@ -8,8 +8,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree, Shaped
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
+from ._custom_types import BatchedY, Y
 from ._norm.base import norm_layers
 from ._norm.tabn import TABatchNorm
 from ._regularizers.base import AbstractRegularizer, Plan, SolveResult, SolveSpec
@@ -259,13 +260,13 @@ class NeuralODE(eqx.Module):
 
     def __call__(
         self,
-        x: PyTree[Shaped[Array, "batch ..."]],
+        x: BatchedY,
         state: eqx.nn.State,
         *,
         ts: Float[ArrayLike, " times"] | None = None,
         regularizer: AbstractRegularizer | None = None,
         key: PRNGKeyArray | None = None,
-    ) -> tuple[PyTree[Array], eqx.nn.State, SolveStats]:
+    ) -> tuple[Y, eqx.nn.State, SolveStats]:
         """Solves from `x` at `t0`.
 
         **Arguments:**

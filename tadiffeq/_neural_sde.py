@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Shaped
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Shaped
 
+from ._custom_types import Scalar, Y
 from ._misc import check_positive_int
 from ._neural_ode import SolveStats
 from ._norm.base import norm_layers
@@ -228,7 +229,7 @@ class NeuralSDE(eqx.Module):
 
     def initial_step(
         self, state: eqx.nn.State, t: ArrayLike, y: Float[Array, "batch ..."]
-    ) -> Float[Array, ""]:
+    ) -> Scalar:
         """The first step size of an adaptive solve from `(t, y)` (time units):
         StochasticDiffEq.jl's SDE heuristic on drift *and* diffusion
         (`sde_determine_initdt`, as the paper's SOSRI solves start, with
@@ -251,7 +252,7 @@ class NeuralSDE(eqx.Module):
         *,
         key: PRNGKeyArray,
         regularizer: AbstractRegularizer | None = None,
-    ) -> tuple[PyTree[Array], eqx.nn.State, SolveStats]:
+    ) -> tuple[Y, eqx.nn.State, SolveStats]:
         """Solves from `x` at `t0` along the Brownian path drawn from `key`.
 
         `regularizer`: a [`tadiffeq.LocalRegularizer`][] (error kind) or
@@ -332,7 +333,7 @@ class NeuralSDE(eqx.Module):
         atol: float | None = None,
         stop_first_stage: bool | None = None,
         key: PRNGKeyArray | None = None,
-    ) -> tuple[Float[Array, ""], int]:
+    ) -> tuple[Scalar, int]:
         """One adaptive step of the SDE solver from `(t, y)`, as the paper's code
         takes it: dt from the SDE heuristic (`initial_step`, on drift and
         diffusion, at most `t1 - t`), a fresh Brownian increment dW ~ N(0, dt)

@@ -6,8 +6,9 @@ from typing import Any, ClassVar
 
 import diffrax as dfx
 import equinox as eqx
-from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import PRNGKeyArray
 
+from .._custom_types import Count, Scalar, Y
 from .._solver.observers import AbstractStepObserver
 
 
@@ -61,7 +62,7 @@ class SolveResult(eqx.Module):
     """What `finish` sees after the solve."""
 
     plan: Plan  # the plan the solve followed
-    y1: PyTree[Array]  # the (possibly augmented) state at the end time
+    y1: Y  # the (possibly augmented) state at the end time
     observed: tuple | None  # the final state of each observer (None if none)
     state: Any  # the normalisation state the solve started from
     key: PRNGKeyArray | None = None  # for a stochastic local step's noise
@@ -83,16 +84,12 @@ class AbstractRegularizer(eqx.Module):
     """
 
     @abc.abstractmethod
-    def plan(
-        self, *, spec: SolveSpec, y0: PyTree[Array], key: PRNGKeyArray | None
-    ) -> Plan:
+    def plan(self, *, spec: SolveSpec, y0: Y, key: PRNGKeyArray | None) -> Plan:
         """What the solve from `y0` must do for this regularizer. Raises a ValueError
         for a solve it cannot regularize."""
 
     @abc.abstractmethod
-    def finish(
-        self, *, spec: SolveSpec, result: SolveResult
-    ) -> tuple[Float[Array, ""], Int[Array, ""] | int]:
+    def finish(self, *, spec: SolveSpec, result: SolveResult) -> tuple[Scalar, Count]:
         """`(value, extra_evaluations)` from the finished solve."""
 
     #: Whether `plan` needs a PRNG key.

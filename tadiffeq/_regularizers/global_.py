@@ -4,8 +4,8 @@ ICML 2021)."""
 from typing import cast, Literal
 
 import equinox as eqx
-from jaxtyping import Array, Float
 
+from .._custom_types import Scalar
 from .._solver.controllers import controller_tolerances
 from .._solver.estimates import check_stiffness_tableau, real_stability_boundary
 from .._solver.observers import StepAccumulator
@@ -90,8 +90,6 @@ class GlobalRegularizer(AbstractRegularizer):
         acc = StepAccumulator(self.kind, rtol, atol, stability, norm)
         return Plan(observers=(acc,))
 
-    def finish(
-        self, *, spec: SolveSpec, result: SolveResult
-    ) -> tuple[Float[Array, ""], int]:
+    def finish(self, *, spec: SolveSpec, result: SolveResult) -> tuple[Scalar, int]:
         assert result.observed is not None  # the plan's observer
         return StepAccumulator.reduce(result.observed[0], self.reduction), 0

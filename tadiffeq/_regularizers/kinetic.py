@@ -7,8 +7,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array
 
+from .._custom_types import Scalar, Y
 from .base import AbstractRegularizer, Plan, SolveResult, SolveSpec
 
 
@@ -58,7 +59,7 @@ class RNODE(AbstractRegularizer):
     kinetic_weight: float = eqx.field(static=True, default=1.0)
     jacobian_weight: float = eqx.field(static=True, default=1.0)
 
-    def plan(self, *, spec: SolveSpec, y0: PyTree[Array], key) -> Plan:
+    def plan(self, *, spec: SolveSpec, y0: Y, key) -> Plan:
         leaves = jtu.tree_leaves(y0)
         if len(leaves) != 1:
             raise ValueError("RNODE needs an array state (not a pytree).")
@@ -76,9 +77,7 @@ class RNODE(AbstractRegularizer):
 
         return Plan(augment=augment)
 
-    def finish(
-        self, *, spec: SolveSpec, result: SolveResult
-    ) -> tuple[Float[Array, ""], int]:
+    def finish(self, *, spec: SolveSpec, result: SolveResult) -> tuple[Scalar, int]:
         _, kinetic, frobenius = result.y1
         value = self.kinetic_weight * jnp.mean(kinetic)
         return value + self.jacobian_weight * jnp.mean(frobenius), 0

@@ -7,8 +7,9 @@ import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import ArrayLike, PRNGKeyArray
 
+from .._custom_types import Count, Scalar, Y
 from .._solver.controllers import check_tolerances, controller_tolerances
 from .._solver.estimates import (
     check_stiffness_tableau,
@@ -31,14 +32,14 @@ def local_step_estimate(
     node: SolveSpec | eqx.Module,
     state: eqx.nn.State,
     t: ArrayLike,
-    y: PyTree[Array],
+    y: Y,
     *,
     kind: Literal["error", "stiffness"] = "error",
     rtol: float | None = None,
     atol: float | None = None,
     stop_first_stage: bool | None = None,
     key: PRNGKeyArray | None = None,
-) -> tuple[Float[Array, ""], int]:
+) -> tuple[Scalar, int]:
     """One adaptive step of `node`'s solver from `(t, y)`, as the local regularizer
     takes it. Returns `(value, evaluations)`. `node`: a [`tadiffeq.NeuralODE`][] or
     the [`tadiffeq.SolveSpec`][] of its solve; `key` is unused (an ODE step draws
@@ -189,7 +190,7 @@ class LocalRegularizer(AbstractRegularizer):
         )
         return Plan(observers=(TimeProbe(t_s),))
 
-    def sample(self, result: SolveResult) -> tuple[Float[Array, ""], PyTree[Array]]:
+    def sample(self, result: SolveResult) -> tuple[Scalar, Y]:
         """The sampled `(t_s, y(t_s))` of a finished solve."""
         assert result.observed is not None  # the plan's observer
         if self.sampling == "biased":
@@ -199,9 +200,7 @@ class LocalRegularizer(AbstractRegularizer):
         y_s, _ = result.observed[0]
         return cast(TimeProbe, probe).t, y_s
 
-    def finish(
-        self, *, spec: SolveSpec, result: SolveResult
-    ) -> tuple[Float[Array, ""], Int[Array, ""] | int]:
+    def finish(self, *, spec: SolveSpec, result: SolveResult) -> tuple[Scalar, Count]:
         t_s, y_s = self.sample(result)
         step = spec.local_step
         if step is None:

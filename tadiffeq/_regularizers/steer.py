@@ -3,8 +3,8 @@
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
 
+from .._custom_types import Scalar
 from .._solver.stateful import time_dtype
 from .base import AbstractRegularizer, Plan, SolveResult, SolveSpec
 
@@ -49,7 +49,5 @@ class STEER(AbstractRegularizer):
         t1 = spec.t1 + jax.random.uniform(key, (), minval=-self.b, maxval=self.b)
         return Plan(t1=t1)
 
-    def finish(
-        self, *, spec: SolveSpec, result: SolveResult
-    ) -> tuple[Float[Array, ""], int]:
+    def finish(self, *, spec: SolveSpec, result: SolveResult) -> tuple[Scalar, int]:
         return jnp.zeros((), time_dtype(result.y1)), 0

@@ -5,8 +5,9 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array
 
+from .._custom_types import Scalar
 from .._misc import check_positive_int
 from .._solver.stateful import clone_state
 from .base import AbstractRegularizer, Plan, SolveResult, SolveSpec
@@ -92,8 +93,6 @@ class TayNODE(AbstractRegularizer):
 
         return Plan(augment=augment)
 
-    def finish(
-        self, *, spec: SolveSpec, result: SolveResult
-    ) -> tuple[Float[Array, ""], int]:
+    def finish(self, *, spec: SolveSpec, result: SolveResult) -> tuple[Scalar, int]:
         _, integral = result.y1
         return jnp.mean(integral), 0

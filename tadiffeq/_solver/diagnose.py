@@ -6,7 +6,9 @@ import diffrax as dfx
 import equinox as eqx
 import jax.numpy as jnp
 import jax.tree_util as jtu
-from jaxtyping import Array, Bool, PyTree
+from jaxtyping import Array, Bool
+
+from .._custom_types import Y
 
 
 #: Growth of max|y| over a solve beyond which a failed solve is called a blow-up
@@ -15,18 +17,18 @@ from jaxtyping import Array, Bool, PyTree
 BLOWUP_FACTOR = 100.0
 
 
-def _all_finite(tree: PyTree[Array]) -> Bool[Array, ""]:
+def _all_finite(tree: Y) -> Bool[Array, ""]:
     leaves = jtu.tree_leaves(tree)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
 
 
-def _max_abs(tree: PyTree[Array]) -> Array:
+def _max_abs(tree: Y) -> Array:
     return jnp.max(
         jnp.stack([jnp.max(jnp.abs(leaf)) for leaf in jtu.tree_leaves(tree)])
     )
 
 
-def check_finite_input(y0: PyTree[Array], name: str = "x") -> PyTree[Array]:
+def check_finite_input(y0: Y, name: str = "x") -> Y:
     """`y0`, with a runtime error (`eqx.error_if`) if any entry is NaN or inf."""
     return eqx.error_if(
         y0,
@@ -36,9 +38,7 @@ def check_finite_input(y0: PyTree[Array], name: str = "x") -> PyTree[Array]:
     )
 
 
-def check_solution(
-    sol: dfx.Solution, y0: PyTree[Array], y_stop: PyTree[Array], out, *, max_steps: int
-):
+def check_solution(sol: dfx.Solution, y0: Y, y_stop: Y, out, *, max_steps: int):
     """`out`, with a runtime error if the solve `sol` (made with `throw=False`)
     failed. `y_stop`: the state where the solve stopped (with `SaveAt(t1=True)`,
     diffrax returns the state reached). A solve that ran out of steps is diagnosed:

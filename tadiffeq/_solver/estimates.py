@@ -6,19 +6,19 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 import optimistix as optx
-from jaxtyping import Array, Float, PyTree
 
+from .._custom_types import Scalar, Y
 from .tableau import RKTableau
 
 
 def scaled_error(
-    y0: PyTree[Array],
-    y1: PyTree[Array],
-    y_error: PyTree[Array],
+    y0: Y,
+    y1: Y,
+    y_error: Y,
     rtol: float,
     atol: float,
     norm: Callable = optx.rms_norm,
-) -> Float[Array, ""]:
+) -> Scalar:
     """The step-size controller's scaled error of a step,
     `norm(y_error / (atol + rtol * max(|y0|, |y1|)))`, exactly as
     `diffrax.PIDController` computes it (a step is accepted when it is below 1).
@@ -46,11 +46,11 @@ def check_stiffness_tableau(tableau: RKTableau) -> None:
 
 def stiffness_estimate(
     tableau: RKTableau,
-    ks: PyTree[Array],
+    ks: Y,
     dt,
     norm: Callable = optx.rms_norm,
     eps: float = 1e-6,
-) -> Float[Array, ""]:
+) -> Scalar:
     """Shampine's estimate of the dominant eigenvalue magnitude of the Jacobian from
     one step: `norm(f_s - f_{s-1}) / (norm(y1 - z_{s-1}) + eps)`, from the stage
     increments `ks` (k_i = f_i dt, stacked) of a step of size `dt`, with f_i the stage

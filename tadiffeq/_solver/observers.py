@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import optimistix as optx
-from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, Int, PRNGKeyArray, PyTree
 
+from .._custom_types import Scalar, Y
 from .estimates import scaled_error, stiffness_estimate
 from .tableau import RKTableau
 
@@ -28,10 +29,10 @@ class StepInfo(NamedTuple):
 
     t0: Array
     t1: Array
-    y0: PyTree[Array]
-    y1: PyTree[Array]
-    y_error: PyTree[Array] | None
-    ks: PyTree[Array]  # stage increments k_i = f_i dt, stacked on a leading axis
+    y0: Y
+    y1: Y
+    y_error: Y | None
+    ks: Y  # stage increments k_i = f_i dt, stacked on a leading axis
     tableau: RKTableau  # the solver's Butcher tableau
     interpolation: Any  # diffrax local interpolation over [t0, t1]
 
@@ -41,7 +42,7 @@ class AbstractStepObserver(eqx.Module):
     `update(state, info)` the state after a step described by a [`StepInfo`][]."""
 
     @abc.abstractmethod
-    def init(self, t0, y0: PyTree[Array]) -> PyTree:
+    def init(self, t0, y0: Y) -> PyTree:
         """The observer's state before the first step."""
 
     @abc.abstractmethod
@@ -56,7 +57,7 @@ class TimeProbe(AbstractStepObserver):
     State: `(y(t), found)`.
     """
 
-    t: Float[Array, ""]
+    t: Scalar
 
     def init(self, t0, y0):
         zeros = jtu.tree_map(jnp.zeros_like, y0)
@@ -129,7 +130,7 @@ class StepAccumulator(AbstractStepObserver):
         zero = jnp.zeros((), jnp.result_type(*jtu.tree_leaves(y0), float))
         return zero, zero, jnp.array(0)
 
-    def quantity(self, info: StepInfo) -> Float[Array, ""]:
+    def quantity(self, info: StepInfo) -> Scalar:
         dt = jax.lax.stop_gradient(info.t1 - info.t0)
         if self.kind == "error":
             e = scaled_error(
@@ -146,9 +147,9 @@ class StepAccumulator(AbstractStepObserver):
 
     @staticmethod
     def reduce(
-        state: tuple[Float[Array, ""], Float[Array, ""], Int[Array, ""]],
+        state: tuple[Scalar, Scalar, Int[Array, ""]],
         how: Literal["sum", "mean", "max"],
-    ) -> Float[Array, ""]:
+    ) -> Scalar:
         total, maximum, count = state
         if how == "sum":
             return total

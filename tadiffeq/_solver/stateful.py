@@ -36,6 +36,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, PyTree
 
+from .._custom_types import Y
 from .._diffrax_private import AdjointTerm
 from .observers import AbstractStepObserver, StepInfo
 from .tableau import RKTableau
@@ -92,7 +93,7 @@ def _is_adjoint(terms) -> bool:
     return isinstance(_unwrap(terms)[0], AdjointTerm)
 
 
-def _dot(coeffs: np.ndarray, ks: PyTree[Array]) -> PyTree[Array]:
+def _dot(coeffs: np.ndarray, ks: Y) -> Y:
     """sum_i coeffs[i] ks[i] for each leaf of a stacked-stages pytree."""
     return jtu.tree_map(
         lambda k: jnp.tensordot(
@@ -102,22 +103,22 @@ def _dot(coeffs: np.ndarray, ks: PyTree[Array]) -> PyTree[Array]:
     )
 
 
-def _add(y: PyTree[Array], dy: PyTree[Array]) -> PyTree[Array]:
+def _add(y: Y, dy: Y) -> Y:
     return jtu.tree_map(lambda a, b: a + b.astype(a.dtype), y, dy)
 
 
 #: `evaluate(t, z, state) -> (k, f, state)`: the stage increment k = f * dt (or the
 #: control product for general terms), the vector field f (or `None`), the new state.
-Evaluate = Callable[[Any, PyTree[Array], Any], tuple[PyTree[Array], Any, Any]]
+Evaluate = Callable[[Any, Y, Any], tuple[Y, Any, Any]]
 
 
 class Stages(NamedTuple):
     """The result of the stages of one explicit Runge--Kutta step from `y0`."""
 
-    ks: PyTree[Array]  # stage increments, stacked on a leading stage axis
-    y1: PyTree[Array]
-    y_error: PyTree[Array] | None
-    f_last: PyTree[Array] | None  # the last stage's vector field (for FSAL)
+    ks: Y  # stage increments, stacked on a leading stage axis
+    y1: Y
+    y_error: Y | None
+    f_last: Y | None  # the last stage's vector field (for FSAL)
     state: Any
 
 
@@ -126,9 +127,9 @@ def run_stages(
     evaluate: Evaluate,
     t0,
     dt,
-    y0: PyTree[Array],
-    k0: PyTree[Array],
-    f0: PyTree[Array] | None,
+    y0: Y,
+    k0: Y,
+    f0: Y | None,
     state: Any,
     *,
     keep_last_f: bool,
