@@ -72,7 +72,7 @@ AUTHORS = {
 # Fields that fix the training run: a checkpoint resumes only if they match.
 TRAIN_FIELDS = (
     "solver", "hidden", "depth", "memory_size", "safety", "max_substeps", "rtol",
-    "atol", "dt", "data", "n_points", "seed",
+    "atol", "dt", "data", "n_points", "seed", "rollout",
 )  # fmt: skip
 
 
@@ -96,6 +96,10 @@ class LorenzConfig:
     lyap_steps: int = 10000  # steps averaged for the Lyapunov exponents
     threshold: float = 0.4  # on the normalised error, for the VPT
     seed: int = 0
+    # Training loss over this many steps ahead: each step starts from the previous
+    # *prediction* (its target, for Fehlberg training, the true next point); 1 is
+    # the study's one-step loss.
+    rollout: int = 1
 
 
 def make_steppers(cfg: LorenzConfig):
@@ -244,9 +248,30 @@ def one_step_loss(params, static, step, x_prev, x_next):
     return jnp.mean((pred - x_next) ** 2), info
 
 
+def rollout_loss(params, static, step, windows):
+    """The mean over k = 1..K of the k-steps-ahead MSE, `windows` (N, K + 1, 3) the
+    true points: step k starts from the prediction of step k - 1 (the first from the
+    true point), with the true point k as its target; the first step's info. K = 1
+    is `one_step_loss`."""
+    model = eqx.combine(params, static)
+    x, first = windows[:, 0], None
+    total = jnp.zeros((), windows.dtype)
+    for k in range(1, windows.shape[1]):
+        x, info = step(model, x, windows[:, k])
+        total = total + jnp.mean((x - windows[:, k]) ** 2)
+        first = info if first is None else first
+    return total / (windows.shape[1] - 1), first
+
+
+def rollout_windows(x: np.ndarray, rollout: int) -> np.ndarray:
+    """The overlapping windows `(N - rollout, rollout + 1, 3)` of the series `x`."""
+    n = len(x) - rollout
+    return np.stack([x[k : k + n] for k in range(rollout + 1)], axis=1)
+
+
 @eqx.filter_jit
-def lbfgs_iteration(params, opt_state, static, step, optimizer, x_prev, x_next):
-    loss_fn = lambda p: one_step_loss(p, static, step, x_prev, x_next)[0]
+def lbfgs_iteration(params, opt_state, static, step, optimizer, windows):
+    loss_fn = lambda p: rollout_loss(p, static, step, windows)[0]
     value, grad = optax.value_and_grad_from_state(loss_fn)(params, state=opt_state)
     updates, opt_state = optimizer.update(
         grad, opt_state, params, value=value, grad=grad, value_fn=loss_fn
@@ -266,6 +291,7 @@ def train(
     train_step, _ = make_steppers(cfg)
     x_prev = jnp.asarray(train_x[:-1])
     x_next = jnp.asarray(train_x[1:])
+    windows = jnp.asarray(rollout_windows(np.asarray(train_x), cfg.rollout))
     mlp = AutonomousMLP(cfg.hidden, cfg.depth, seed=cfg.seed)
     params, static = eqx.partition(mlp, eqx.is_inexact_array)
     optimizer = lbfgs(cfg.memory_size)
@@ -281,7 +307,11 @@ def train(
     latest = ckpt.latest()  # the config is checked before any array is read
     if latest is not None:
         saved_step, saved = latest[0], latest[1]["config"]
-        if any(saved[k] != getattr(cfg, k) for k in TRAIN_FIELDS):
+        # (fields added later: a checkpoint without them was written at the default)
+        fields = LorenzConfig.__dataclass_fields__
+        if any(
+            saved.get(k, fields[k].default) != getattr(cfg, k) for k in TRAIN_FIELDS
+        ):
             raise ValueError(f"{out} holds a checkpoint of another configuration.")
         if saved_step > cfg.iterations:
             raise ValueError(
@@ -313,7 +343,7 @@ def train(
         record(0, params)
     while step < cfg.iterations:
         params, opt_state, value, evals = lbfgs_iteration(
-            params, opt_state, static, train_step, optimizer, x_prev, x_next
+            params, opt_state, static, train_step, optimizer, windows
         )
         step += 1
         history["evals"].append(int(evals))
@@ -732,7 +762,7 @@ def main(argv=None):
     )
     for name in (
         "iterations", "seed", "num_ics", "horizon", "long_steps", "lyap_steps",
-        "n_points", "hidden",
+        "n_points", "hidden", "rollout",
     ):  # fmt: skip
         parser.add_argument(
             f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name)
@@ -747,6 +777,8 @@ def main(argv=None):
     parser.add_argument("--no-figures", action="store_true")
     parser.add_argument("--out", default="results/lorenz63")
     args = parser.parse_args(argv)
+    if args.rollout < 1:
+        parser.error(f"--rollout must be >= 1, got {args.rollout}")
     names = [] if args.solvers in ("", "none") else args.solvers.split(",")
     for name in names:
         if name not in SOLVERS:
@@ -767,7 +799,7 @@ def main(argv=None):
             solver=name, iterations=iterations, seed=args.seed,
             num_ics=args.num_ics, horizon=args.horizon, long_steps=args.long_steps,
             lyap_steps=args.lyap_steps, n_points=args.n_points, hidden=args.hidden,
-            threshold=args.threshold, data=args.data,
+            threshold=args.threshold, data=args.data, rollout=args.rollout,
         )  # fmt: skip
 
     def refs():  # computed once, when a model is first evaluated (solver-free)
@@ -786,12 +818,13 @@ def main(argv=None):
                 data_dir=args.data_dir, refs=refs, figures=not args.no_figures,
             )
         )  # fmt: skip
+    suffix = "" if args.rollout == 1 else f"_rollout{args.rollout}"
     for name in names:
         cfg = make_cfg(name, args.iterations)
         print(f"\n{name}:")
         rows.append(
             run(
-                cfg, out / f"{name}_seed{args.seed}", data_dir=args.data_dir,
+                cfg, out / f"{name}{suffix}_seed{args.seed}", data_dir=args.data_dir,
                 refs=refs, checkpoint_every=args.checkpoint_every,
                 log_every=args.log_every,
                 figures=not args.no_figures,

@@ -6,13 +6,13 @@ import functools
 import json
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import SHARED
 
-import tadiffeq.data._lorenz63 as lorenz_data
 import tadiffeq.dynamics as tdd
 from tadiffeq.data import generate_lorenz63, load_lorenz63
 from tadiffeq.dynamics import LORENZ63_LYAPUNOV_EXPONENT
@@ -240,7 +240,7 @@ def test_attractor_statistics_and_histogram_distance():
         tdd.histogram_distance(a, tdd.attractor_statistics(x, bins=10))
 
 
-def test_generator_matches_the_flow_and_caches(tmp_path, monkeypatch):
+def test_generator_matches_the_flow_and_caches(tmp_path):
     from scipy.integrate import solve_ivp  # a dependency of jax
 
     x0 = np.array([1.0, 1.0, 20.0])
@@ -261,11 +261,11 @@ def test_generator_matches_the_flow_and_caches(tmp_path, monkeypatch):
         method="DOP853", t_eval=np.arange(200) * 0.01, rtol=1e-12, atol=1e-12,
     ).y.T  # fmt: skip
     np.testing.assert_allclose(y, ref, atol=1e-7)
-    assert len(list(tmp_path.glob("lorenz63_*.npy"))) == 1
-    # The second call reads the cache (integrating would fail here).
-    monkeypatch.setattr(lorenz_data, "_integrate", None)
+    (cached,) = tmp_path.glob("lorenz63_*.npy")
+    # The second call reads the cache: a marked cache file comes back as it is.
+    np.save(cached, y + 1.0)
     np.testing.assert_array_equal(
-        generate_lorenz63(200, 0.01, x0, cache_dir=tmp_path), y
+        generate_lorenz63(200, 0.01, x0, cache_dir=tmp_path), y + 1.0
     )
     with pytest.raises(ValueError, match="`n`"):
         generate_lorenz63(1)
@@ -526,3 +526,31 @@ def test_paired_vpt_by_hand():
         ("naive-0.1", "authors-fehlberg"),
         ("fehlberg-0.1", "authors-fehlberg"),
     ]
+
+
+@pytest.mark.parametrize("solver", ["rk4", "fehlberg-0.1"])
+def test_rollout_loss_by_hand(solver):
+    """K = 1 is the one-step loss; K = 3 is the mean of the 1-, 2- and 3-steps-ahead
+    MSEs of the model composed with itself (each step from the previous prediction,
+    targeted at the true point for Fehlberg training)."""
+    from experiments import lorenz63
+
+    x = np.asarray(generate_lorenz63(40, 0.01, np.array([1.0, 1.0, 20.0])))
+    cfg = lorenz63.LorenzConfig(solver=solver, hidden=8)
+    step, _ = lorenz63.make_steppers(cfg)
+    mlp = lorenz63.AutonomousMLP(8, 2, seed=0)
+    params, static = eqx.partition(mlp, eqx.is_inexact_array)
+    w1 = jnp.asarray(lorenz63.rollout_windows(x, 1))
+    one, _ = lorenz63.rollout_loss(params, static, step, w1)
+    ref, _ = lorenz63.one_step_loss(params, static, step, w1[:, 0], w1[:, 1])
+    assert float(one) == float(ref)
+    w3 = lorenz63.rollout_windows(x, 3)
+    assert w3.shape == (37, 4, 3)
+    np.testing.assert_array_equal(w3[:, 2], x[2:39])
+    three, _ = lorenz63.rollout_loss(params, static, step, jnp.asarray(w3))
+    y, errors = jnp.asarray(w3[:, 0]), []
+    for k in (1, 2, 3):
+        y, _ = step(mlp, y, jnp.asarray(w3[:, k]))
+        errors.append(float(jnp.mean((y - w3[:, k]) ** 2)))
+    np.testing.assert_allclose(float(three), np.mean(errors), rtol=1e-12)
+    assert errors[2] > errors[0]  # errors compound along the rollout
