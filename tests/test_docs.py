@@ -20,3 +20,17 @@ def test_python_snippets_run(page):
 
 def test_the_design_page_has_snippets():
     assert len(re.findall(r"```python\n", (REPO / "docs/design.md").read_text())) >= 2
+
+
+def test_the_api_pages_list_every_public_name():
+    """docs/api/*.md are what docs/gen_api.py writes (every public class and function,
+    so mkdocstrings can resolve every cross-reference of the docstrings)."""
+    import runpy
+
+    gen = runpy.run_path(str(REPO / "docs" / "gen_api.py"))
+    for module_name, file in gen["PAGES"].items():
+        written = (REPO / "docs" / "api" / file).read_text()
+        assert written == gen["page"](module_name), (
+            f"docs/api/{file} is out of date: run python docs/gen_api.py"
+        )
+    assert "::: tadiffeq.NeuralODE" in (REPO / "docs/api/tadiffeq.md").read_text()
