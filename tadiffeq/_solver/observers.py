@@ -39,7 +39,8 @@ class StepInfo(NamedTuple):
 
 class AbstractStepObserver(eqx.Module):
     """Watches the steps of a solve: `init(t0, y0)` gives its initial state,
-    `update(state, info)` the state after a step described by a [`tadiffeq.StepInfo`][]."""
+    `update(state, info)` the state after a step described by a
+    [`tadiffeq.StepInfo`][]."""
 
     @abc.abstractmethod
     def init(self, t0, y0: Y) -> PyTree:
