@@ -1,5 +1,5 @@
 """The Lorenz'63 adaptive-solver study: Fehlberg's step, chaos metrics, the data
-generator and loader, and a smoke test of experiments/lorenz63.py."""
+generator and loader, and a smoke test of experiments/lorenz63/."""
 
 import dataclasses
 import functools

@@ -1,0 +1,293 @@
+"""Runs (train, evaluate, save) and the command line."""
+
+import argparse
+import dataclasses
+import functools
+import hashlib
+import json
+import pathlib
+import sys
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..common import print_table, write_json
+from .config import AUTHORS, LorenzConfig, SOLVERS
+from .evaluation import evaluate, paired_comparisons, references
+from .figures import plot_model, plot_summary
+from .model import load_authors_model, load_data, make_steppers
+from .training import diagnostics, step_summary, train
+
+
+def float64(fn):
+    """Runs `fn` with 64-bit types enabled (restored afterwards)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with jax.enable_x64(True):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@float64
+def run(
+    cfg: LorenzConfig,
+    out: pathlib.Path,
+    *,
+    data_dir=None,
+    refs=None,
+    checkpoint_every: int = 100,
+    log_every: int = 25,
+    stop_after: int | None = None,
+    figures: bool = True,
+    log=print,
+):
+    """Trains (resuming from `out`'s checkpoint), evaluates and plots one model.
+    `refs`: a callable returning `references(...)` (computed here if `None`). With
+    `stop_after`, stops (checkpointed) after that many iterations in total and
+    returns `None`."""
+    if cfg.solver in AUTHORS:
+        raise ValueError(f"{cfg.solver!r} is not trained here: use `run_authors`.")
+    cache = out.parent / "cache"
+    train_x, test_x, description = load_data(cfg, data_dir, cache)
+    result_file = out / "result.json"
+    if stop_after is None and result_file.exists():
+        saved = json.loads(result_file.read_text())
+        if saved.get("config") == dataclasses.asdict(cfg):
+            log(f"  [{cfg.solver}] finished earlier: {result_file}")
+            return saved
+    if stop_after is not None:
+        cfg_stop = dataclasses.replace(cfg, iterations=min(stop_after, cfg.iterations))
+        train(cfg_stop, train_x, out, checkpoint_every=checkpoint_every,
+              log_every=log_every, log=log)  # fmt: skip
+        return None
+    mlp, history = train(
+        cfg, train_x, out, checkpoint_every=checkpoint_every, log_every=log_every,
+        log=log,
+    )  # fmt: skip
+    return _evaluate_and_save(
+        cfg, mlp, train_x, test_x, out, refs=refs, figures=figures, log=log,
+        train_loss=history["loss"][-1],
+        training_final=history["train"][-1],
+        training_mean_acceptance=float(
+            np.mean([s["acceptance"] for s in history["train"]])
+        ),
+        train_s=history["seconds"],
+        lbfgs_evals=int(np.sum(history["evals"])),
+        history=history,
+        data=description,
+    )  # fmt: skip
+
+
+def _evaluate_and_save(
+    cfg, mlp, train_x, test_x, out: pathlib.Path, *, refs, figures, log, **extra
+):
+    """`evaluate`, the row's bookkeeping (`extra` added), figures and result.json."""
+    refs, truth_row = (
+        references(cfg, train_x, test_x, out.parent / "cache")
+        if refs is None
+        else refs()
+    )
+    t = time.perf_counter()
+    row, arrays = evaluate(cfg, mlp, train_x, test_x, refs, log)
+    row.update(truth=truth_row, solver=cfg.solver)
+    row.update(extra)
+    row.update(eval_s=time.perf_counter() - t, config=dataclasses.asdict(cfg))
+    if figures:
+        plot_model(cfg, row, arrays, refs, out)
+    write_json(out / "result.json", row)
+    return row
+
+
+@float64
+def run_authors(
+    cfg: LorenzConfig,
+    model_file,
+    out: pathlib.Path,
+    *,
+    data_dir=None,
+    refs=None,
+    figures: bool = True,
+    log=print,
+):
+    """Evaluates one of the study's own trained models (`cfg.solver` a key of
+    `AUTHORS`, `model_file` its .npz) with every metric of `run`, without training;
+    the training columns are its one-step loss and step statistics on the training
+    set under the training rule it was fitted with. Reads back `out`'s result if the
+    configuration and the file's SHA-256 match."""
+    if cfg.solver not in AUTHORS:
+        raise ValueError(f"`cfg.solver` must be one of {tuple(AUTHORS)}.")
+    model_file = pathlib.Path(model_file)
+    digest = hashlib.sha256(model_file.read_bytes()).hexdigest()
+    train_x, test_x, description = load_data(cfg, data_dir, out.parent / "cache")
+    result_file = out / "result.json"
+    if result_file.exists():
+        saved = json.loads(result_file.read_text())
+        if (
+            saved.get("config") == dataclasses.asdict(cfg)
+            and saved.get("model_sha256") == digest
+        ):
+            log(f"  [{cfg.solver}] evaluated earlier: {result_file}")
+            return saved
+    mlp = load_authors_model(model_file)
+    train_step, _ = make_steppers(cfg)
+    params, static = eqx.partition(mlp, eqx.is_inexact_array)
+    loss, info = diagnostics(
+        params, static, train_step, jnp.asarray(train_x[:-1]), jnp.asarray(train_x[1:])
+    )
+    training = step_summary(info)
+    log(
+        f"  [{cfg.solver}] {model_file.name}: training-rule loss {float(loss):.3e} "
+        f"accepted {100 * training['acceptance']:.1f}%"
+    )
+    return _evaluate_and_save(
+        cfg, mlp, train_x, test_x, out, refs=refs, figures=figures, log=log,
+        train_loss=float(loss), training_final=training,
+        training_mean_acceptance=None, train_s=0.0, lbfgs_evals=0, history=None,
+        data=description, model_file=str(model_file), model_sha256=digest,
+    )  # fmt: skip
+
+
+@float64
+def main(argv=None):
+    package_doc = sys.modules[__package__].__doc__ or ""
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.lorenz63",
+        description=package_doc.split("\n\n")[0],
+    )
+    defaults = LorenzConfig()
+    parser.add_argument(
+        "--solvers",
+        default=",".join(SOLVERS),
+        help=f"comma-separated, from {SOLVERS}; 'none' trains nothing",
+    )
+    parser.add_argument(
+        "--authors-models",
+        default=None,
+        metavar="DIR",
+        help="also evaluate the study's trained models in DIR "
+        f"({', '.join(f for f, _ in AUTHORS.values())}) as rows {tuple(AUTHORS)}",
+    )
+    for name in (
+        "iterations", "seed", "num_ics", "horizon", "long_steps", "lyap_steps",
+        "n_points", "hidden", "rollout",
+    ):  # fmt: skip
+        parser.add_argument(
+            f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name)
+        )
+    parser.add_argument("--threshold", type=float, default=defaults.threshold)
+    parser.add_argument("--data", default="shared", choices=["shared", "generated"])
+    parser.add_argument(
+        "--data-dir", default=None, help="the study's files (default: shared data)"
+    )
+    parser.add_argument("--checkpoint-every", type=int, default=100)
+    parser.add_argument("--log-every", type=int, default=25)
+    parser.add_argument("--no-figures", action="store_true")
+    parser.add_argument("--out", default="results/lorenz63")
+    args = parser.parse_args(argv)
+    if args.rollout < 1:
+        parser.error(f"--rollout must be >= 1, got {args.rollout}")
+    names = [] if args.solvers in ("", "none") else args.solvers.split(",")
+    for name in names:
+        if name not in SOLVERS:
+            parser.error(f"unknown solver {name!r}; expected one of {SOLVERS}")
+    authors_dir = None
+    if args.authors_models is not None:
+        authors_dir = pathlib.Path(args.authors_models)
+        for file, _ in AUTHORS.values():
+            if not (authors_dir / file).is_file():
+                parser.error(f"--authors-models: {authors_dir / file} is missing")
+    if not names and authors_dir is None:
+        parser.error("nothing to do: --solvers none without --authors-models")
+    out = pathlib.Path(args.out)
+    rows, memo = [], {}
+
+    def make_cfg(name, iterations):
+        return LorenzConfig(
+            solver=name, iterations=iterations, seed=args.seed,
+            num_ics=args.num_ics, horizon=args.horizon, long_steps=args.long_steps,
+            lyap_steps=args.lyap_steps, n_points=args.n_points, hidden=args.hidden,
+            threshold=args.threshold, data=args.data, rollout=args.rollout,
+        )  # fmt: skip
+
+    def refs():  # computed once, when a model is first evaluated (solver-free)
+        if not memo:
+            cfg = make_cfg(SOLVERS[0], args.iterations)
+            train_x, test_x, _ = load_data(cfg, args.data_dir, out / "cache")
+            memo["refs"] = references(cfg, train_x, test_x, out / "cache")
+        return memo["refs"]
+
+    # The study's own models first: the reference rows (evaluated, not trained).
+    for name, (file, _) in AUTHORS.items() if authors_dir is not None else ():
+        print(f"\n{name}:")
+        rows.append(
+            run_authors(
+                make_cfg(name, 0), authors_dir / file, out / name,
+                data_dir=args.data_dir, refs=refs, figures=not args.no_figures,
+            )
+        )  # fmt: skip
+    suffix = "" if args.rollout == 1 else f"_rollout{args.rollout}"
+    for name in names:
+        cfg = make_cfg(name, args.iterations)
+        print(f"\n{name}:")
+        rows.append(
+            run(
+                cfg, out / f"{name}{suffix}_seed{args.seed}", data_dir=args.data_dir,
+                refs=refs, checkpoint_every=args.checkpoint_every,
+                log_every=args.log_every,
+                figures=not args.no_figures,
+            )
+        )  # fmt: skip
+    truth_row = rows[0]["truth"]
+    if not args.no_figures:
+        plot_summary(rows, truth_row, out)
+    table = [
+        dict(
+            solver=r["solver"], train_mse=f"{r['train_loss']:.2e}",
+            test_mse=f"{r['test_mse']:.2e}",
+            train_acc=r["training_final"]["acceptance"],
+            train_sub=r["training_final"]["mean_substeps"],
+            inf_acc=r["inference_free_run"]["acceptance"],
+            inf_sub=r["inference_free_run"]["mean_substeps"],
+            vpt_mean=r["vpt"]["mean"], vpt_median=r["vpt"]["median"],
+            lyap=r["lyapunov"], tv=float(np.mean(r["attractor"]["tv"])),
+        )
+        for r in rows
+    ]  # fmt: skip
+    if names:
+        print(f"\nLorenz'63, {args.iterations} L-BFGS iterations, seed {args.seed}:")
+    else:
+        print("\nLorenz'63:")
+    if authors_dir is not None:
+        print(f"(authors-*: the study's trained models from {authors_dir}, not trained")
+        print(" here; train columns: their loss and steps under the training rule)")
+    print_table(
+        table,
+        [
+            ("solver", "solver"), ("train_mse", "train MSE"),
+            ("test_mse", "test MSE"), ("train_acc", "train acc"),
+            ("train_sub", "train substeps"), ("inf_acc", "inference acc"),
+            ("inf_sub", "inference substeps"), ("vpt_mean", "VPT mean"),
+            ("vpt_median", "VPT median"), ("lyap", "LLE"), ("tv", "hist TV"),
+        ],
+    )  # fmt: skip
+    comparisons = paired_comparisons(rows)
+    if comparisons:
+        print("\nPaired over the same initial conditions (VPT, Lyapunov times):")
+        print_table(
+            comparisons,
+            [
+                ("a", "model"), ("b", "against"), ("mean_diff", "mean VPT diff"),
+                ("ci_low", "95% CI low"), ("ci_high", "95% CI high"),
+                ("longer", "share longer"), ("p", "p (sign-flip)"),
+            ],
+        )  # fmt: skip
+    write_json(
+        out / f"lorenz63_seed{args.seed}.json",
+        dict(truth=truth_row, rows=rows, paired=comparisons),
+    )
+    return rows

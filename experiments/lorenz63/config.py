@@ -1,0 +1,48 @@
+"""The study's settings: the solvers, the authors' models, the run configuration."""
+
+from dataclasses import dataclass
+
+
+SOLVERS = (
+    "naive-0.1", "naive-0.05", "naive-0.01",
+    "fehlberg-0.1", "fehlberg-0.05", "fehlberg-0.01",
+    "rk4", "dopri5", "tsit5",
+)  # fmt: skip
+# The study's own trained models (Allauzen, Dardis and Plath): row name -> (file in
+# the --authors-models folder, the solver whose training and inference rules they
+# were fitted and are used with).
+AUTHORS = {
+    "authors-naive": ("naive_batch_training_100epochs.npz", "naive-0.1"),
+    "authors-fehlberg": ("fehlberg_training_200epochs.npz", "fehlberg-0.1"),
+}
+# Fields that fix the training run: a checkpoint resumes only if they match.
+TRAIN_FIELDS = (
+    "solver", "hidden", "depth", "memory_size", "safety", "max_substeps", "rtol",
+    "atol", "dt", "data", "n_points", "seed", "rollout",
+)  # fmt: skip
+
+
+@dataclass
+class LorenzConfig:
+    solver: str = "naive-0.1"
+    iterations: int = 300  # L-BFGS iterations (the paper trained for longer)
+    hidden: int = 50
+    depth: int = 2
+    memory_size: int = 100  # the paper's L-BFGS history size
+    safety: float = 0.9
+    max_substeps: int = 10
+    rtol: float = 1e-3  # diffrax solvers (scipy's RK45 defaults)
+    atol: float = 1e-6
+    dt: float = 0.01  # time units per sample (h = 1 in rescaled time)
+    data: str = "shared"  # "shared" (the study's files) or "generated"
+    n_points: int = 10000  # generated data: train + test
+    num_ics: int = 100  # free-run initial conditions from the test split
+    horizon: int = 1000  # free-run steps per initial condition (9 Lyapunov times)
+    long_steps: int = 20000  # the long run for attractor statistics
+    lyap_steps: int = 10000  # steps averaged for the Lyapunov exponents
+    threshold: float = 0.4  # on the normalised error, for the VPT
+    seed: int = 0
+    # Training loss over this many steps ahead: each step starts from the previous
+    # *prediction* (its target, for Fehlberg training, the true next point); 1 is
+    # the study's one-step loss.
+    rollout: int = 1

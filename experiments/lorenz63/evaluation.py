@@ -1,0 +1,200 @@
+"""Free runs, valid prediction times, Lyapunov exponents, attractor statistics and
+paired comparisons."""
+
+import pathlib
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import tadiffeq.dynamics as tdd
+from tadiffeq.data import generate_lorenz63
+
+from .config import AUTHORS, LorenzConfig
+from .model import make_steppers
+from .training import step_summary
+
+
+one_step = eqx.filter_jit(lambda step, f, x: step(f, x))
+rollout = eqx.filter_jit(tdd.rollout)
+
+
+@eqx.filter_jit
+def lyapunov(step, f, x0, n_steps: int, transient: int, dt: float):
+    """The Lyapunov spectrum of the learned map (one inference step)."""
+    return tdd.lyapunov_spectrum(
+        lambda x: step(f, x[None])[0][0], x0, n_steps, dt, transient=transient
+    )
+
+
+def evaluate(cfg: LorenzConfig, mlp, train_x, test_x, refs, log):
+    """Every metric of one trained model (see the module docstring)."""
+    _, step = make_steppers(cfg)
+    f = mlp
+    dt = cfg.dt
+    t0 = time.perf_counter()
+    row = {}
+    # One-step-ahead test error, each transition from the true previous point.
+    pred, info = one_step(step, f, jnp.asarray(test_x[:-1]))
+    row["test_mse"] = float(jnp.mean((pred - test_x[1:]) ** 2))
+    row["inference_one_step"] = step_summary(info)
+    # Vector-field error on the test points against the rescaled true field.
+    true_f = tdd.Lorenz63(time_scale=dt)(jnp.asarray(test_x))
+    row["field_rel_error"] = float(
+        jnp.sqrt(jnp.mean((f(jnp.asarray(test_x)) - true_f) ** 2))
+        / jnp.sqrt(jnp.mean(true_f**2))
+    )
+    # Free runs from the test initial conditions against the exact flow.
+    traj, run_info = rollout(step, f, jnp.asarray(refs["ics"]), cfg.horizon)
+    traj = np.asarray(traj)
+    vpt = np.asarray(
+        tdd.valid_prediction_time(
+            traj, refs["truth"], dt=dt, threshold=cfg.threshold, scale=refs["scale"]
+        )
+    )
+    row["vpt"] = dict(
+        mean=float(vpt.mean()), median=float(np.median(vpt)), min=float(vpt.min()),
+        max=float(vpt.max()), censored=float(np.mean(vpt >= refs["vpt_max"] - 1e-9)),
+    )  # fmt: skip
+    row["vpt_all"] = vpt.tolist()
+    vpt_data = np.asarray(
+        tdd.valid_prediction_time(
+            traj, refs["data_segments"], dt=dt, threshold=cfg.threshold,
+            scale=refs["scale"],
+        )
+    )  # fmt: skip
+    row["vpt_vs_data"] = dict(
+        mean=float(vpt_data.mean()), median=float(np.median(vpt_data))
+    )
+    log(f"  [{cfg.solver}] one-step and free runs: {time.perf_counter() - t0:.0f} s")
+    row["inference_free_run"] = step_summary(
+        jax.tree.map(lambda a: a.reshape(-1), run_info)
+    )
+    # Lyapunov spectrum of the learned one-step map (the inference solver).
+    spectrum = lyapunov(
+        step, f, refs["lyap_x0"], cfg.lyap_steps, max(1, cfg.lyap_steps // 10), dt
+    )
+    row["lyapunov_spectrum"] = [float(v) for v in spectrum]
+    row["lyapunov"] = row["lyapunov_spectrum"][0]
+    log(f"  [{cfg.solver}] + Lyapunov spectrum: {time.perf_counter() - t0:.0f} s")
+    # The long run's attractor statistics.
+    long_run, long_info = rollout(
+        step, f, jnp.asarray(refs["long_truth"][:1]), cfg.long_steps
+    )
+    long_run = np.asarray(long_run[0, refs["burn_in"] :])
+    stats = tdd.attractor_statistics(long_run, ranges=refs["ranges"])
+    row["attractor"] = dict(
+        mean=np.asarray(stats.mean).tolist(),
+        std=np.asarray(stats.std).tolist(),
+        tv=np.asarray(tdd.histogram_distance(stats, refs["stats"])).tolist(),
+        finite=stats.finite,
+        # the fraction of the long run outside the box of the true attractor
+        # (+-10% of its extent): near 1 for a run that blew up
+        outside_fraction=float(
+            np.mean(
+                ~np.all(
+                    (long_run >= refs["ranges"][:, 0])
+                    & (long_run <= refs["ranges"][:, 1]),
+                    axis=-1,
+                )
+            )
+        ),
+    )
+    row["inference_long_run"] = step_summary(
+        jax.tree.map(lambda a: a.reshape(-1), long_info)
+    )
+    log(f"  [{cfg.solver}] + long run: {time.perf_counter() - t0:.0f} s")
+    arrays = dict(traj=traj, long_run=long_run, stats=stats)
+    return row, arrays
+
+
+def references(cfg: LorenzConfig, train_x, test_x, cache: pathlib.Path):
+    """The exact flow from the test initial conditions, a long exact run, its
+    statistics, and the true system's Lyapunov spectrum."""
+    n_test = len(test_x)
+    if cfg.horizon + 1 > n_test:
+        raise ValueError(f"--horizon must be < {n_test}, got {cfg.horizon}.")
+    stride = max(1, (n_test - 1 - cfg.horizon) // max(1, cfg.num_ics - 1))
+    idx = np.arange(cfg.num_ics) * stride
+    if idx[-1] + cfg.horizon >= n_test:
+        raise ValueError(
+            f"{cfg.num_ics} initial conditions with --horizon {cfg.horizon} do not "
+            f"fit in {n_test} test points."
+        )
+    ics = test_x[idx]
+    if cfg.data == "generated":  # the test split is already the exact flow
+        truth = np.stack([test_x[i : i + cfg.horizon + 1] for i in idx])
+    else:
+        truth = generate_lorenz63(cfg.horizon + 1, cfg.dt, ics, cache_dir=cache)
+    data_segments = np.stack([test_x[i : i + cfg.horizon + 1] for i in idx])
+    long_truth = generate_lorenz63(
+        cfg.long_steps + 1, cfg.dt, test_x[0], cache_dir=cache
+    )
+    burn_in = min(1000, cfg.long_steps // 10)
+    attractor = long_truth[burn_in:]
+    scale = float(tdd.attractor_scale(attractor))
+    lo, hi = attractor.min(0), attractor.max(0)
+    ranges = np.stack([lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo)], -1)
+    stats = tdd.attractor_statistics(attractor, ranges=ranges)
+    rk4 = tdd.RK4Step()
+    lorenz = tdd.Lorenz63(time_scale=cfg.dt)
+    true_spectrum = tdd.lyapunov_spectrum(
+        lambda x: rk4(lorenz, x[None])[0][0], jnp.asarray(test_x[0]),
+        cfg.lyap_steps, cfg.dt, transient=max(1, cfg.lyap_steps // 10),
+    )  # fmt: skip
+    data_vpt = np.asarray(
+        tdd.valid_prediction_time(
+            data_segments, truth, dt=cfg.dt, threshold=cfg.threshold, scale=scale
+        )
+    )
+    refs = dict(
+        ics=ics, truth=truth, data_segments=data_segments, scale=scale,
+        long_truth=long_truth, burn_in=burn_in,
+        ranges=ranges, stats=stats, lyap_x0=jnp.asarray(test_x[0]),
+        vpt_max=(cfg.horizon + 1) * cfg.dt * tdd.LORENZ63_LYAPUNOV_EXPONENT,
+    )  # fmt: skip
+    truth_row = dict(
+        attractor_scale=scale,
+        lyapunov_spectrum=[float(v) for v in true_spectrum],
+        attractor=dict(
+            mean=np.asarray(stats.mean).tolist(), std=np.asarray(stats.std).tolist()
+        ),
+        data_vpt=dict(mean=float(data_vpt.mean()), median=float(np.median(data_vpt))),
+        ic_indices=idx.tolist(),
+    )
+    return refs, truth_row
+
+
+def paired_vpt(a, b, *, seed: int = 0, draws: int = 20_000) -> dict:
+    """Paired comparison of two models' VPTs over the same initial conditions: the
+    mean difference `a - b`, its 95% bootstrap interval, the share of initial
+    conditions where `a` lasts longer, and the two-sided p-value of a sign-flip
+    permutation test of the mean difference (`draws` random sign patterns, seeded)."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    rng = np.random.default_rng(seed)
+    boot = rng.choice(d, size=(draws, d.size)).mean(axis=1)
+    flips = rng.choice([-1.0, 1.0], size=(draws, d.size)) @ d / d.size
+    p = (1 + np.sum(np.abs(flips) >= abs(d.mean()))) / (1 + draws)
+    return dict(
+        mean_diff=float(d.mean()),
+        ci_low=float(np.quantile(boot, 0.025)),
+        ci_high=float(np.quantile(boot, 0.975)),
+        longer=float(np.mean(d > 0)),
+        p=float(p),
+    )
+
+
+def paired_comparisons(rows: list[dict]) -> list[dict]:
+    """Fehlberg training against naive training at the same eps, and every trained
+    model against the authors' Fehlberg model, where both rows are present."""
+    by = {r["solver"]: r for r in rows}
+    pairs = [(f"fehlberg-{eps}", f"naive-{eps}") for eps in ("0.1", "0.05", "0.01")] + [
+        (r["solver"], "authors-fehlberg") for r in rows if r["solver"] not in AUTHORS
+    ]
+    return [
+        dict(a=a, b=b, **paired_vpt(by[a]["vpt_all"], by[b]["vpt_all"]))
+        for a, b in pairs
+        if a in by and b in by
+    ]

@@ -1,0 +1,157 @@
+"""L-BFGS on the one-step (or K-steps-ahead rollout) loss, checkpointed."""
+
+import dataclasses
+import functools
+import pathlib
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import tadiffeq as td
+import tadiffeq.dynamics as tdd
+
+from .config import LorenzConfig, TRAIN_FIELDS
+from .model import AutonomousMLP, make_steppers
+
+
+def step_summary(info: tdd.OneStepInfo) -> dict:
+    acc = np.asarray(info.accepted)
+    n = np.asarray(info.num_substeps)
+    out = dict(
+        acceptance=float(acc.mean()),
+        mean_substeps=float(n.mean()),
+        mean_substeps_rejected=float(n[~acc].mean()) if (~acc).any() else None,
+        nfe=float(np.asarray(info.num_fn_evals).mean()),
+    )
+    if info.proposed_substeps is not None and (~acc).any():
+        out["proposed_substeps_rejected"] = float(
+            np.asarray(info.proposed_substeps)[~acc].mean()
+        )
+    return out
+
+
+@functools.cache
+def lbfgs(memory_size: int):
+    """optax's L-BFGS (zoom linesearch, strong Wolfe), one object per memory size
+    so the jitted iteration below compiles once per configuration."""
+    return optax.lbfgs(memory_size=memory_size)
+
+
+def one_step_loss(params, static, step, x_prev, x_next):
+    """The one-step-ahead MSE from the true previous points, and the step's info."""
+    pred, info = step(eqx.combine(params, static), x_prev, x_next)
+    return jnp.mean((pred - x_next) ** 2), info
+
+
+def rollout_loss(params, static, step, windows):
+    """The mean over k = 1..K of the k-steps-ahead MSE, `windows` (N, K + 1, 3) the
+    true points: step k starts from the prediction of step k - 1 (the first from the
+    true point), with the true point k as its target; the first step's info. K = 1
+    is `one_step_loss`."""
+    model = eqx.combine(params, static)
+    x, first = windows[:, 0], None
+    total = jnp.zeros((), windows.dtype)
+    for k in range(1, windows.shape[1]):
+        x, info = step(model, x, windows[:, k])
+        total = total + jnp.mean((x - windows[:, k]) ** 2)
+        first = info if first is None else first
+    return total / (windows.shape[1] - 1), first
+
+
+def rollout_windows(x: np.ndarray, rollout: int) -> np.ndarray:
+    """The overlapping windows `(N - rollout, rollout + 1, 3)` of the series `x`."""
+    n = len(x) - rollout
+    return np.stack([x[k : k + n] for k in range(rollout + 1)], axis=1)
+
+
+@eqx.filter_jit
+def lbfgs_iteration(params, opt_state, static, step, optimizer, windows):
+    loss_fn = lambda p: rollout_loss(p, static, step, windows)[0]
+    value, grad = optax.value_and_grad_from_state(loss_fn)(params, state=opt_state)
+    updates, opt_state = optimizer.update(
+        grad, opt_state, params, value=value, grad=grad, value_fn=loss_fn
+    )
+    evals = optax.tree_utils.tree_get(opt_state, "num_linesearch_steps")
+    return optax.apply_updates(params, updates), opt_state, value, evals
+
+
+diagnostics = eqx.filter_jit(one_step_loss)
+
+
+def train(
+    cfg: LorenzConfig, train_x, out: pathlib.Path, *, checkpoint_every, log_every, log
+):
+    """L-BFGS on the full-batch one-step loss, resuming from `out`'s checkpoint.
+    Returns `(mlp, history)`."""
+    train_step, _ = make_steppers(cfg)
+    x_prev = jnp.asarray(train_x[:-1])
+    x_next = jnp.asarray(train_x[1:])
+    windows = jnp.asarray(rollout_windows(np.asarray(train_x), cfg.rollout))
+    mlp = AutonomousMLP(cfg.hidden, cfg.depth, seed=cfg.seed)
+    params, static = eqx.partition(mlp, eqx.is_inexact_array)
+    optimizer = lbfgs(cfg.memory_size)
+    # Strongly typed leaves, so the state's types do not change after one update
+    # (which would compile the iteration twice).
+    opt_state = jax.tree.map(
+        lambda a: jnp.asarray(a, dtype=jnp.result_type(a)), optimizer.init(params)
+    )
+
+    ckpt = td.Checkpointer(out / "checkpoint")
+    history = dict(iteration=[], loss=[], evals=[], train=[], seconds=0.0)
+    step = 0
+    latest = ckpt.latest()  # the config is checked before any array is read
+    if latest is not None:
+        saved_step, saved = latest[0], latest[1]["config"]
+        # (fields added later: a checkpoint without them was written at the default)
+        fields = LorenzConfig.__dataclass_fields__
+        if any(
+            saved.get(k, fields[k].default) != getattr(cfg, k) for k in TRAIN_FIELDS
+        ):
+            raise ValueError(f"{out} holds a checkpoint of another configuration.")
+        if saved_step > cfg.iterations:
+            raise ValueError(
+                f"{out} holds a checkpoint after {saved_step} iterations, more "
+                f"than `--iterations {cfg.iterations}`; ask for at least "
+                f"{saved_step} (a run can be extended, not shortened) or choose "
+                "another output directory."
+            )
+    restored = ckpt.restore((params, opt_state))
+    if restored is not None:
+        step, (params, opt_state), meta = restored
+        history = meta["history"]
+        log(f"  [{cfg.solver}] resumed from iteration {step}")
+    t_start = time.perf_counter() - history["seconds"]
+
+    def record(step, params):
+        loss, info = diagnostics(params, static, train_step, x_prev, x_next)
+        s = step_summary(info)
+        history["iteration"].append(step)
+        history["loss"].append(float(loss))
+        history["train"].append(s)
+        log(
+            f"  [{cfg.solver}] it {step}/{cfg.iterations} loss {float(loss):.3e} "
+            f"accepted {100 * s['acceptance']:.1f}% substeps "
+            f"{s['mean_substeps']:.2f} ({time.perf_counter() - t_start:.0f} s)"
+        )
+
+    if step == 0 and not history["iteration"]:
+        record(0, params)
+    while step < cfg.iterations:
+        params, opt_state, value, evals = lbfgs_iteration(
+            params, opt_state, static, train_step, optimizer, windows
+        )
+        step += 1
+        history["evals"].append(int(evals))
+        if not np.isfinite(float(value)):
+            raise FloatingPointError(f"[{cfg.solver}] non-finite loss at it {step}.")
+        if step % log_every == 0 or step == cfg.iterations:
+            record(step, params)
+        if step % checkpoint_every == 0 or step == cfg.iterations:
+            history["seconds"] = time.perf_counter() - t_start
+            meta = dict(config=dataclasses.asdict(cfg), history=history)
+            ckpt.save(step, (params, opt_state), meta)
+    return eqx.combine(params, static), history
