@@ -2,7 +2,6 @@
 tables and JSON output. Not part of the library."""
 
 import argparse
-import json
 import os
 import pathlib
 import platform
@@ -19,6 +18,7 @@ import numpy as np
 import optax
 
 import tadiffeq as td
+from experiments import reporting
 
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -255,19 +255,11 @@ def _version(name: str) -> str:
 
 
 def write_json(name: str, obj, out: str | None = None) -> pathlib.Path:
+    """Writes `obj` to `out`, else `results/benchmarks/<name>.json`, and says where."""
     path = pathlib.Path(out) if out else RESULTS / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=_jsonable))
+    reporting.write_json(path, obj)
     print(f"wrote {path}", file=sys.stderr)
     return path
-
-
-def _jsonable(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, jax.Array):
-        return np.asarray(o).tolist()
-    raise TypeError(f"Cannot serialise {type(o).__name__}")
 
 
 #: The columns `[(key, header)]` of each result table, shared by the scripts that
@@ -379,24 +371,11 @@ def vs_torch_rows(rows: list[dict]) -> list[dict]:
 
 
 def print_table(rows: list[dict], columns: str | list[tuple[str, str]]) -> None:
-    """A markdown table of `rows`; `columns` is `[(key, header)]` or the name of one
-    of `TABLES`."""
+    """A markdown table of `rows` (3 significant digits); `columns` is
+    `[(key, header)]` or the name of one of `TABLES`."""
     if isinstance(columns, str):
         columns = TABLES[columns]
-    cells = [[_fmt(r.get(k)) for k, _ in columns] for r in rows]
-    print("| " + " | ".join(h for _, h in columns) + " |")
-    print("|" + "|".join("---" for _ in columns) + "|")
-    for row in cells:
-        print("| " + " | ".join(row) + " |")
-    sys.stdout.flush()
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
-    return str(v)
+    reporting.print_table(rows, columns, markdown=True, fmt=reporting.significant3)
 
 
 def block(tree):

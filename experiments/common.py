@@ -2,9 +2,7 @@
 
 import argparse
 import hashlib
-import json
 import pathlib
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -19,6 +17,7 @@ import optax
 import tadiffeq as td
 from tadiffeq.data import iterate_batches, mnist_offline_split, synthetic_digits
 
+from .reporting import print_table as print_table, write_json as write_json
 from .training import optimizer_step
 
 
@@ -474,41 +473,3 @@ def add_baseline_ratios(rows: list[dict], key: str = "regularizer") -> None:
         for r in rows:
             r["nfe_ratio"] = r["test_nfe"] / base["test_nfe"]
             r["speedup"] = base["predict_s"] / r["predict_s"]
-
-
-def write_json(path: pathlib.Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=_jsonable))
-
-
-def _jsonable(o):
-    if hasattr(o, "__dataclass_fields__"):
-        return asdict(o)
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(f"Cannot serialise {type(o).__name__}")
-
-
-def print_table(rows: list[dict], columns: list[tuple[str, str]], file=None):
-    """A plain-text table: `columns` is [(key, header)]."""
-    file = sys.stdout if file is None else file
-    cells = [[h for _, h in columns]] + [
-        [_fmt(r.get(k)) for k, _ in columns] for r in rows
-    ]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
-    for i, row in enumerate(cells):
-        print(
-            "  ".join(
-                c.rjust(w) if j else c.ljust(w)
-                for j, (c, w) in enumerate(zip(row, widths))
-            ),
-            file=file,
-        )
-        if i == 0:
-            print("  ".join("-" * w for w in widths), file=file)
-
-
-def _fmt(v):
-    if isinstance(v, float):
-        return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
-    return "" if v is None else str(v)
