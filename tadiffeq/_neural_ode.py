@@ -469,7 +469,7 @@ class NeuralODE(eqx.Module):
         ys, y_end = sol.ys, None
         if ts is None:
             ys = jtu.tree_map(lambda a: a[0], ys)
-            ys = check_solution(sol, y_init, ys, ys, max_steps=self.max_steps)
+            ys = check_solution(sol, y_init, ys, max_steps=self.max_steps)
             y_end = ys
         elif save_t1:
             y_end = jtu.tree_map(lambda a: a[-1], ys)

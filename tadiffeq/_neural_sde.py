@@ -308,7 +308,7 @@ class NeuralSDE(eqx.Module):
             throw=False,  # diagnosed by check_solution
         )
         y1 = jtu.tree_map(lambda a: a[0], sol.ys)
-        y1 = check_solution(sol, y0, y1, y1, max_steps=self.max_steps)
+        y1 = check_solution(sol, y0, y1, max_steps=self.max_steps)
         assert sol.solver_state is not None  # SaveAt(solver_state=True)
         _, _, observed = sol.solver_state
         value, extra = jnp.zeros((), tdt), 0
@@ -349,10 +349,11 @@ class NeuralSDE(eqx.Module):
         y = jax.lax.stop_gradient(y)
         dt = self.initial_step(state, t, y)
         dw = jnp.sqrt(dt) * jax.random.normal(key, y.shape, y.dtype)
-        drift, diffusion = _Drift(self.drift, state), self.diffusion
+        drift = _Drift(self.drift, state)
+        diffusion = _DiagonalDiffusion(self.diffusion, state)
 
         def evaluate(tt, z, _):
-            g = diffusion(tt, z, clone_state(state))[0]
+            g = diffusion(tt, z, None).diagonal
             return drift(tt, z, None) * dt + g * dw, None, None
 
         k0, _, _ = evaluate(t, y, None)

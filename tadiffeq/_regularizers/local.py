@@ -52,9 +52,8 @@ def local_step_estimate(
     constant-step node uses its `dt0`. The first stage f(t, y) is gradient-stopped
     too, as in the paper's ODE code (`stop_first_stage=None`, the default, or
     `True`; `False` differentiates it as well); the other stages are
-    differentiable in the parameters. The
-    normalisation state is read (training mode normalises with batch statistics
-    anyway) and never updated.
+    differentiable in the parameters. The normalisation state is read (training
+    mode normalises with batch statistics anyway) and never updated.
 
     Note: the error weights sum to zero (sum_i beta_i = 0), so with the first stage
     frozen the gradient is *not* the gradient of the estimate: it is dominated by

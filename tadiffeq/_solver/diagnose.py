@@ -38,10 +38,10 @@ def check_finite_input(y0: Y, name: str = "x") -> Y:
     )
 
 
-def check_solution(sol: dfx.Solution, y0: Y, y_stop: Y, out, *, max_steps: int):
-    """`out`, with a runtime error if the solve `sol` (made with `throw=False`)
-    failed. `y_stop`: the state where the solve stopped (with `SaveAt(t1=True)`,
-    diffrax returns the state reached). A solve that ran out of steps is diagnosed:
+def check_solution(sol: dfx.Solution, y0: Y, y_stop: Y, *, max_steps: int) -> Y:
+    """`y_stop`, the state where the solve `sol` (made with `throw=False`) stopped
+    (with `SaveAt(t1=True)`, diffrax returns the state reached), with a runtime
+    error if the solve failed. A solve that ran out of steps is diagnosed:
 
     - the state became NaN/inf (the field overflowed or returned NaN, e.g. poisoned
       normalisation statistics or NaN weights);
@@ -57,7 +57,7 @@ def check_solution(sol: dfx.Solution, y0: Y, y_stop: Y, out, *, max_steps: int):
     other = (result != dfx.RESULTS.successful) & (
         result != dfx.RESULTS.max_steps_reached
     )
-    out = result.error_if(out, other)
+    out = result.error_if(y_stop, other)
     finite = _all_finite(y_stop)
     grew = _max_abs(y_stop) > BLOWUP_FACTOR * jnp.maximum(_max_abs(y0), 1.0)
     index = jnp.where(~finite, 0, jnp.where(grew, 1, 2))
