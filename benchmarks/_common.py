@@ -19,6 +19,7 @@ import optax
 
 import tadiffeq as td
 from experiments import reporting
+from experiments.training import optimizer_step
 
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -139,22 +140,19 @@ def optimizer():
 
 
 def make_train_step(opt):
-    """A jitted training step: forward + backward + AdamW update. Returns
-    `(model, opt_state, state, loss, nfe)`."""
+    """A jitted training step (the experiments' `optimizer_step`): forward + backward +
+    AdamW update. Returns `(model, opt_state, state, loss, nfe)`."""
 
-    @eqx.filter_jit
+    def loss_fn(model, state, x, y):
+        logits, new_state, stats = model(x, state)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return loss, (new_state, stats.num_fn_evals)
+
+    step = optimizer_step(loss_fn, opt)
+
     def train_step(model, opt_state, state, x, y):
-        def loss_fn(model):
-            logits, new_state, stats = model(x, state)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-            return loss, (new_state, stats.num_fn_evals)
-
-        (loss, (new_state, nfe)), grads = eqx.filter_value_and_grad(
-            loss_fn, has_aux=True
-        )(model)
-        params = eqx.filter(model, eqx.is_inexact_array)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return eqx.apply_updates(model, updates), opt_state, new_state, loss, nfe
+        model, opt_state, loss, (new_state, nfe) = step(model, opt_state, state, x, y)
+        return model, opt_state, new_state, loss, nfe
 
     return train_step
 

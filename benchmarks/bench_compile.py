@@ -24,6 +24,8 @@ import jax
 import jax.monitoring
 import optax
 
+from experiments.training import optimizer_step
+
 from . import _common as C
 
 
@@ -60,22 +62,17 @@ class Monitor:
 def make_steps(opt, max_traces: int):
     traces = collections.Counter()
 
-    @eqx.filter_jit
-    @eqx.debug.assert_max_traces(max_traces=max_traces)
+    def loss_fn(model, state, x, y):
+        traces["train"] += 1  # once per trace of the step
+        logits, new_state, _ = model(x, state)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return loss, new_state
+
+    step = optimizer_step(loss_fn, opt, max_traces=max_traces)
+
     def train_step(model, opt_state, state, x, y):
-        traces["train"] += 1
-
-        def loss_fn(model):
-            logits, new_state, stats = model(x, state)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-            return loss, new_state
-
-        (loss, new_state), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(
-            model
-        )
-        params = eqx.filter(model, eqx.is_inexact_array)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return eqx.apply_updates(model, updates), opt_state, new_state, loss
+        model, opt_state, loss, new_state = step(model, opt_state, state, x, y)
+        return model, opt_state, new_state, loss
 
     @eqx.filter_jit
     @eqx.debug.assert_max_traces(max_traces=max_traces)

@@ -436,6 +436,32 @@ def one_in_ten_noisy(
     return x_noisy, noisy
 
 
+# Every regularizer the experiments compare, by the name their flags take.
+_REGULARIZERS: dict[str, td.AbstractRegularizer | None] = {
+    "none": None,
+    "local": td.LocalRegularizer(),  # unbiased, error estimate: the paper's choice
+    "local_biased": td.LocalRegularizer(sampling="biased"),
+    "local_exact": td.LocalRegularizer(stop_first_stage=False),
+    "local_stiffness": td.LocalRegularizer(kind="stiffness"),
+    "global": td.GlobalRegularizer(),  # ERNODE
+    "global_stiffness": td.GlobalRegularizer(kind="stiffness"),  # SRNODE
+    "rnode": td.RNODE(),
+    "taynode": td.TayNODE(order=2),
+    "steer": td.STEER(0.5),
+}
+
+
+def regularizers(*names: str) -> dict[str, td.AbstractRegularizer | None]:
+    """The named regularizers (all of them without names), as a script offers them:
+    one table of regularizers for every experiment."""
+    unknown = sorted(set(names) - set(_REGULARIZERS))
+    if unknown:
+        raise ValueError(
+            f"Unknown regularizers {unknown}; known: {sorted(_REGULARIZERS)}."
+        )
+    return {k: _REGULARIZERS[k] for k in (names or _REGULARIZERS)}
+
+
 def regularization_weights(regularizer, cfg) -> Callable:
     """The regularization weight per step: 0 without a regularizer, else `cfg.weight`
     decaying to `cfg.weight_end` over `cfg.steps` (`td.regularization_schedule`)."""

@@ -51,18 +51,15 @@ from .common import (
     positive_int,
     print_table,
     regularization_weights,
+    regularizers,
     restore_checked,
     write_json,
 )
+from .reporting import pyplot, save_figure
 from .training import optimizer_step
 
 
-REGULARIZERS = {
-    "none": None,
-    "local": td.LocalRegularizer(),  # unbiased, error estimate: the paper's choice
-    "local_biased": td.LocalRegularizer(sampling="biased"),
-    "global": td.GlobalRegularizer(),  # ERNODE
-}
+REGULARIZERS = regularizers("none", "local", "local_biased", "global")
 
 
 @dataclass
@@ -320,11 +317,10 @@ def evaluate(model, state, times, test, eval_batch: int, repeats: int = 5) -> di
 
 
 def plot(rows, path: pathlib.Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Training NFE and masked MSE per regularizer (nothing without matplotlib)."""
+    plt = pyplot()
+    if plt is None:
+        return
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for r in rows:
         for ax, key in zip(axes, ("train_nfe", "mse")):
@@ -337,8 +333,7 @@ def plot(rows, path: pathlib.Path) -> None:
     axes[1].set_yscale("log")
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):

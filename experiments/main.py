@@ -36,6 +36,7 @@ from .common import (
     train_classifier,
     write_json,
 )
+from .reporting import pyplot, save_figure
 
 
 def main(argv=None):
@@ -144,12 +145,8 @@ def main(argv=None):
 def plot(rows, reg_rows, out: pathlib.Path) -> list[pathlib.Path]:
     """Accuracy at test batch 256 vs 2 per normalisation (the paper's Fig. 3 left)
     and test NFE per regularizer; `[]` without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return []
     out.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2 if reg_rows else 1, figsize=(9, 3.2), squeeze=False)
@@ -166,8 +163,7 @@ def plot(rows, reg_rows, out: pathlib.Path) -> list[pathlib.Path]:
         ax.set(ylabel="test NFE", title="regularization (toy task)")
     fig.tight_layout()
     path = out / "main.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return [path]
 
 

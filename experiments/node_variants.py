@@ -43,6 +43,7 @@ from .common import (
     train_classifier,
     write_json,
 )
+from .reporting import pyplot, save_figure
 
 
 NAMES = {"node": "NODE", "hbnode": "HBNODE", "sonode": "SONODE"}
@@ -182,12 +183,8 @@ def run(cfg: VariantsConfig, out: pathlib.Path) -> list[dict]:
 def plot(rows: list[dict], path: pathlib.Path) -> pathlib.Path | None:
     """Test accuracy (batch 256) and test NFE per variant, one bar per
     normalisation; `None` without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     norms = list(dict.fromkeys(r["norm"] for r in rows))
@@ -212,10 +209,7 @@ def plot(rows: list[dict], path: pathlib.Path) -> pathlib.Path | None:
     fig.legend(handles, labels, title="normalisation", loc="upper center",
                ncol=len(norms), frameon=False)  # fmt: skip
     fig.tight_layout(rect=(0, 0, 1, 0.82))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -58,10 +58,11 @@ from .common import (
     restore_checked,
     write_json,
 )
+from .reporting import pyplot, save_figure
 from .training import optimizer_step
 
 
-@dataclass
+@dataclass(frozen=True)
 class PhysicalConfig:
     norm: str = "tabn"
     # data: the pendulum chain
@@ -141,19 +142,12 @@ def make_optimizer(cfg: PhysicalConfig):
     return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), optax.adam(schedule))
 
 
-_STEP_FNS: dict[str, object] = {}
-
-
-def make_train_step(cfg: PhysicalConfig):
-    """The jitted training step of `cfg`, with `make_optimizer(cfg)` (one per
-    configuration and process, so repeated and resumed runs do not recompile)."""
-    key = repr(_jsonable_config(cfg))
-    if key not in _STEP_FNS:
-        _STEP_FNS[key] = _make_train_step(cfg, make_optimizer(cfg))
-    return _STEP_FNS[key]
-
-
-def _make_train_step(cfg: PhysicalConfig, optimizer):
+@eqx.filter_jit
+def train_step(cfg: PhysicalConfig, model, opt_state, state, windows):
+    """One optimizer step of `cfg` (with `make_optimizer(cfg)`) on `windows`:
+    `(model, opt_state, state, loss, mae, nfe)`. `cfg` is a static (hashable)
+    argument, so repeated and resumed runs of one configuration compile once per
+    process."""
     ts = window_times(cfg)
     penalty = cfg.affine_penalty if cfg.norm.startswith("tabn") else 0.0
 
@@ -165,15 +159,11 @@ def _make_train_step(cfg: PhysicalConfig, optimizer):
         mae = jnp.mean(jnp.abs(ys - target))
         return loss, (new_state, stats.num_fn_evals, mae)
 
-    step = optimizer_step(loss_fn, optimizer)
-
-    def train_step(model, opt_state, state, windows):
-        model, opt_state, loss, (new_state, nfe, mae) = step(
-            model, opt_state, state, windows
-        )
-        return model, opt_state, new_state, loss, mae, nfe
-
-    return train_step
+    step = optimizer_step(loss_fn, make_optimizer(cfg))
+    model, opt_state, loss, (new_state, nfe, mae) = step(
+        model, opt_state, state, windows
+    )
+    return model, opt_state, new_state, loss, mae, nfe
 
 
 def train(cfg: PhysicalConfig, data, *, checkpoint_dir=None, stop_after_chunks=None):
@@ -195,7 +185,6 @@ def train(cfg: PhysicalConfig, data, *, checkpoint_dir=None, stop_after_chunks=N
     ):
         _, (model, opt_state, state), meta = restored
         history = meta["history"]
-    step_fn = make_train_step(cfg)
     step = history[-1]["step"] if history else 0
     t_start = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
     bar = tqdm(total=cfg.steps, initial=step, desc=cfg.norm, file=sys.stdout,
@@ -208,8 +197,8 @@ def train(cfg: PhysicalConfig, data, *, checkpoint_dir=None, stop_after_chunks=N
         losses, maes, nfes = [], [], []
         for _ in range(min(cfg.chunk, cfg.steps - step)):
             windows = jnp.asarray(sample_windows(data["train"], cfg, step))
-            model, opt_state, state, loss, mae, nfe = step_fn(
-                model, opt_state, state, windows
+            model, opt_state, state, loss, mae, nfe = train_step(
+                cfg, model, opt_state, state, windows
             )
             losses.append(float(loss))
             maes.append(float(mae))
@@ -410,12 +399,8 @@ def plot(rows, rollouts, data, cfg, test_batch, path: pathlib.Path):
     """Predicted vs true angle and velocity of pendulum 1 for the first test initial
     condition (whole-trajectory rollouts), and the MAE bars; `None` without
     matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     true = data["test"][0]
     ts = data["ts"]
@@ -438,10 +423,7 @@ def plot(rows, rollouts, data, cfg, test_batch, path: pathlib.Path):
                 ylabel="test MAE", title="test MAE")  # fmt: skip
     axes[2].legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 if __name__ == "__main__":

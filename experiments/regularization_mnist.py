@@ -40,24 +40,14 @@ from .common import (
     positive_int,
     print_table,
     regularization_weights,
+    regularizers,
     restore_checked,
     write_json,
 )
 from .training import optimizer_step
 
 
-REGULARIZERS = {
-    "none": None,
-    "local": td.LocalRegularizer(),
-    "local_biased": td.LocalRegularizer(sampling="biased"),
-    "local_exact": td.LocalRegularizer(stop_first_stage=False),
-    "local_stiffness": td.LocalRegularizer(kind="stiffness"),
-    "global": td.GlobalRegularizer(),
-    "global_stiffness": td.GlobalRegularizer(kind="stiffness"),
-    "rnode": td.RNODE(),
-    "taynode": td.TayNODE(order=2),
-    "steer": td.STEER(0.5),
-}
+REGULARIZERS = regularizers()
 
 
 @dataclass

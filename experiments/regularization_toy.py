@@ -22,7 +22,7 @@ import optax
 
 import tadiffeq as td
 
-from .common import positive_int, print_table, write_json
+from .common import positive_int, print_table, regularizers, write_json
 from .training import optimizer_step
 
 
@@ -37,13 +37,7 @@ class ToyConfig:
     seed: int = 0
 
 
-REGULARIZERS = {
-    "none": None,
-    "local": td.LocalRegularizer(),
-    "local_biased": td.LocalRegularizer(sampling="biased"),
-    "local_exact": td.LocalRegularizer(stop_first_stage=False),
-    "global": td.GlobalRegularizer(),
-}
+REGULARIZERS = regularizers("none", "local", "local_biased", "local_exact", "global")
 
 
 def toy_data(key, n):

@@ -78,3 +78,27 @@ def print_table(
             if i == 0:
                 print("  ".join("-" * w for w in widths), file=file)
     file.flush()
+
+
+def save_figure(fig, path: pathlib.Path, *, dpi: int = 120) -> pathlib.Path:
+    """Writes the matplotlib figure `fig` to `path` (creating its folder) and closes
+    it; returns `path`."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def pyplot():
+    """`matplotlib.pyplot` on the file-only Agg backend, or `None` where matplotlib
+    is not installed (figures are optional: `pip install tadiffeq[experiments]`)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt

@@ -49,6 +49,7 @@ from .common import (
     train_classifier,
     write_json,
 )
+from .reporting import pyplot, save_figure
 
 
 STUDIES = ("noise", "solver", "grid", "depth", "stats", "coverage")
@@ -242,12 +243,8 @@ def _columns():
 
 
 def _plot_stats(points, coverage, ts, mean, var, weight, bias, path):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, 5, figsize=(17, 3))
     axes[0].bar(np.asarray(points), coverage, width=0.8 * float(points[1] - points[0]))
@@ -257,17 +254,12 @@ def _plot_stats(points, coverage, ts, mean, var, weight, bias, path):
         ax.plot(ts, np.asarray(values)[:, :8])
         ax.set(xlabel="t", title=f"{title} (8 channels)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _plot_rows(study, rows, path):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     if study == "depth":
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -284,8 +276,7 @@ def _plot_rows(study, rows, path):
         axes[1].set(xlabel="conv layers in the vector field", ylabel="test accuracy")
         axes[1].legend()
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        save_figure(fig, path)
         return
     if study == "coverage":
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -306,8 +297,7 @@ def _plot_rows(study, rows, path):
                     ylabel="test NFE / train NFE")  # fmt: skip
         axes[0].legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        save_figure(fig, path)
         return
     fig, ax = plt.subplots(figsize=(6, 3.2))
     if study == "noise":
@@ -323,8 +313,7 @@ def _plot_rows(study, rows, path):
         ax.barh(labels, [r["test_acc"] for r in rows])
         ax.set(xlabel="test accuracy")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):

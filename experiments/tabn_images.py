@@ -52,6 +52,7 @@ from .common import (
     workspace_data,
     write_json,
 )
+from .reporting import pyplot, save_figure
 
 
 @dataclass
@@ -262,12 +263,8 @@ def run(cfg: ImageConfig, args) -> dict:
 
 def plot(row: dict, path: pathlib.Path) -> pathlib.Path | None:
     """Training loss, accuracy and NFE per epoch; `None` without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     history = row["history"]
     epochs = [h["epoch"] for h in history]
@@ -281,10 +278,7 @@ def plot(row: dict, path: pathlib.Path) -> pathlib.Path | None:
     axes[1].legend()
     fig.suptitle(f"{row['preset']}: {row['data']}", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv=None):

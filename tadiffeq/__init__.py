@@ -6,11 +6,7 @@ fields and Neural ODE models of the TA-BN paper.
 """
 
 from ._checkpoint import Checkpointer as Checkpointer
-from ._models.classifier import (
-    count_parameters as count_parameters,
-    UnmixedClassifier as UnmixedClassifier,
-)
-from ._models.conv import (
+from ._fields.conv import (
     conv2d as conv2d,
     conv_geometry as conv_geometry,
     conv_impl as conv_impl,
@@ -18,23 +14,29 @@ from ._models.conv import (
     tap_mask as tap_mask,
     TimeConv2d as TimeConv2d,
 )
-from ._models.conv_field import (
+from ._fields.conv_field import (
     conv_field_spec as conv_field_spec,
     ConvField as ConvField,
     TimeConvBlock as TimeConvBlock,
 )
-from ._models.field import AbstractVectorField as AbstractVectorField
-from ._models.latent_ode import LatentODE as LatentODE
-from ._models.mlp import MLPField as MLPField, TimeLinear as TimeLinear
-from ._models.unet import UNetField as UNetField
-from ._models.variants import (
+from ._fields.field import AbstractVectorField as AbstractVectorField
+from ._fields.mlp import MLPField as MLPField, TimeLinear as TimeLinear
+from ._fields.unet import UNetField as UNetField
+from ._fields.variants import (
     AugmentedField as AugmentedField,
     HeavyBallField as HeavyBallField,
     SecondOrderField as SecondOrderField,
 )
-from ._neural_ode import NeuralODE as NeuralODE, SolveStats as SolveStats
+from ._models.classifier import (
+    count_parameters as count_parameters,
+    UnmixedClassifier as UnmixedClassifier,
+)
+from ._models.latent_ode import LatentODE as LatentODE
+from ._neural_de import SolveStats as SolveStats
+from ._neural_ode import NeuralODE as NeuralODE
 from ._neural_sde import NeuralSDE as NeuralSDE
 from ._norm.base import AbstractNorm as AbstractNorm, norm_layers as norm_layers
+from ._norm.batchnorm import AbstractBatchNorm as AbstractBatchNorm
 from ._norm.factory import make_norm as make_norm, NORM_NAMES as NORM_NAMES
 from ._norm.identity import NoNorm as NoNorm
 from ._norm.minibatch import MiniBatchNorm as MiniBatchNorm

@@ -7,17 +7,14 @@ import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.tree_util as jtu
 import lineax as lx
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Shaped
 
 from ._custom_types import Scalar, Y
-from ._misc import check_positive_int
-from ._neural_ode import SolveStats
+from ._neural_de import AbstractNeuralDE, check_solve_arguments, SolveStats
 from ._norm.base import norm_layers
-from ._regularizers.base import AbstractRegularizer, Plan, SolveResult, SolveSpec
+from ._regularizers.base import AbstractRegularizer, SolveSpec
 from ._solver.controllers import controller_tolerances
-from ._solver.diagnose import check_finite_input, check_solution
 from ._solver.estimates import scaled_error
 from ._solver.stateful import clone_state, run_stages, StatefulSolver, time_dtype
 from ._solver.tableau import RKTableau
@@ -75,7 +72,7 @@ def _sde_initial_step(drift, diffusion, t, y, *, t_end, rtol, atol, order, norm)
     return jnp.minimum(jnp.minimum(100 * dt0, dt1), t_end - t).astype(dt0.dtype)
 
 
-class NeuralSDE(eqx.Module):
+class NeuralSDE(AbstractNeuralDE):
     r"""A Neural SDE with diagonal noise,
 
         dy = f(t, y) dt + g(t, y) * dW(t)
@@ -135,6 +132,8 @@ class NeuralSDE(eqx.Module):
     max_steps: int = eqx.field(static=True)
     initial_step_order: float = eqx.field(static=True)
 
+    solver_wrapper = _StratonovichSolver
+
     def __init__(
         self,
         drift: Callable,
@@ -149,22 +148,17 @@ class NeuralSDE(eqx.Module):
         max_steps: int = 4096,
         initial_step_order: float = 1.5,
     ):
-        t0, t1 = float(t0), float(t1)
-        if not (math.isfinite(t0) and math.isfinite(t1) and t0 < t1):
-            raise ValueError(f"Need finite `t0 < t1`, got t0={t0}, t1={t1}.")
-        check_positive_int("max_steps", max_steps)
-        if dt0 is not None and not (math.isfinite(dt0) and dt0 > 0):
-            raise ValueError(f"`dt0` must be positive and finite, got {dt0}.")
         solver = dfx.Heun() if solver is None else solver
-        if not RKTableau.of(solver).has_error_estimate:
-            raise ValueError(
-                f"`solver={type(solver).__name__}()` has no error estimate."
-            )
+        if stepsize_controller is None:
+            stepsize_controller = dfx.PIDController(rtol=1e-3, atol=1e-3)
+        t0, t1, dt0 = check_solve_arguments(
+            solver, stepsize_controller, t0=t0, t1=t1, dt0=dt0, max_steps=max_steps
+        )
         for name, field in (("drift", drift), ("diffusion", diffusion)):
             if not callable(field):
                 raise TypeError(f"`{name}` must be callable.")
             for layer in norm_layers(field):
-                if hasattr(layer, "state_index"):
+                if getattr(layer, "state_index", None) is not None:
                     raise ValueError(
                         f"`{name}` holds a {type(layer).__name__} with running "
                         "statistics; NeuralSDE supports normalisations without them "
@@ -173,19 +167,10 @@ class NeuralSDE(eqx.Module):
         self.drift = drift
         self.diffusion = diffusion
         self.solver = solver
-        self.stepsize_controller = (
-            dfx.PIDController(rtol=1e-3, atol=1e-3)
-            if stepsize_controller is None
-            else stepsize_controller
-        )
-        if dt0 is None and not self._adaptive:
-            raise ValueError(
-                f"`stepsize_controller={type(stepsize_controller).__name__}()` does "
-                "not choose step sizes; pass `dt0`."
-            )
+        self.stepsize_controller = stepsize_controller
         self.t0 = t0
         self.t1 = t1
-        self.dt0 = None if dt0 is None else float(dt0)
+        self.dt0 = dt0
         if brownian_tol is None:
             brownian_tol = (t1 - t0) / 2**12
         brownian_tol = float(brownian_tol)
@@ -213,7 +198,18 @@ class NeuralSDE(eqx.Module):
             self.stepsize_controller, dfx.AbstractAdaptiveStepSizeController
         )
 
-    def _terms(self, state, y0, key):
+    def spec(self) -> SolveSpec:
+        """This SDE's training solve as regularizers see it: the drift is the
+        field, the local step is this model's (`local_step_estimate`)."""
+        return SolveSpec(
+            field=self.drift, solver=self.solver,
+            stepsize_controller=self.stepsize_controller, adjoint=None, t0=self.t0,
+            t1=self.t1, dt0=self.dt0, local_step=self.local_step_estimate,
+            stochastic=True,
+        )  # fmt: skip
+
+    def _terms(self, field, state, y0, key):
+        assert key is not None  # __call__ always passes one
         tdt = time_dtype(y0)
         bm = dfx.VirtualBrownianTree(
             jnp.asarray(self.t0, tdt),
@@ -223,9 +219,17 @@ class NeuralSDE(eqx.Module):
             key=key,
         )
         return dfx.MultiTerm(
-            dfx.ODETerm(_Drift(self.drift, state)),
+            dfx.ODETerm(_Drift(field, state)),
             dfx.ControlTerm(_DiagonalDiffusion(self.diffusion, state), bm),
         )
+
+    def _initial_step(self, terms, solver, controller, t0, t1, y0, state):
+        del terms, solver, controller, t1
+        return self.initial_step(state, t0, y0), 2
+
+    def _statistics(self, state, new_state, ys):
+        del new_state  # NeuralSDE's fields keep no running statistics
+        return ys, state, 0
 
     def initial_step(
         self, state: eqx.nn.State, t: ArrayLike, y: Float[Array, "batch ..."]
@@ -268,57 +272,12 @@ class NeuralSDE(eqx.Module):
                 f"{type(regularizer).__name__} does not regularize a NeuralSDE's "
                 "solve (LocalRegularizer and GlobalRegularizer, kind='error', do)."
             )
-        y0 = check_finite_input(y0)
         bm_key, reg_key = jax.random.split(key)
         plan_key, noise_key = jax.random.split(reg_key)
-        spec = SolveSpec(
-            field=self.drift, solver=self.solver,
-            stepsize_controller=self.stepsize_controller, adjoint=None, t0=self.t0,
-            t1=self.t1, dt0=self.dt0, local_step=self.local_step_estimate,
-            stochastic=True,
+        y1, state, stats = self._solve(
+            y0, state, regularizer=regularizer, plan_key=plan_key,
+            finish_key=noise_key, terms_key=bm_key,
         )  # fmt: skip
-        plan = (
-            Plan()
-            if regularizer is None
-            else regularizer.plan(spec=spec, y0=y0, key=plan_key)
-        )
-        terms = self._terms(state, y0, bm_key)
-        # StatefulSolver's __init__, inherited (pyright synthesises a dataclass one).
-        solver = _StratonovichSolver(  # pyright: ignore[reportCallIssue]
-            self.solver, plan.observers
-        )
-        num_heuristic = 0
-        # Times in the state's float dtype (a float32 state stays float32 with x64).
-        tdt = time_dtype(y0)
-        t0, t1 = jnp.asarray(self.t0, tdt), jnp.asarray(self.t1, tdt)
-        dt0 = None if self.dt0 is None else jnp.asarray(self.dt0, tdt)
-        if dt0 is None:
-            dt0 = self.initial_step(state, t0, y0)
-            num_heuristic = 2
-        sol = dfx.diffeqsolve(
-            terms,
-            solver,
-            t0,
-            t1,
-            dt0,
-            y0,
-            saveat=dfx.SaveAt(t1=True, solver_state=True),
-            stepsize_controller=self.stepsize_controller,
-            max_steps=self.max_steps,
-            throw=False,  # diagnosed by check_solution
-        )
-        y1 = jtu.tree_map(lambda a: a[0], sol.ys)
-        y1 = check_solution(sol, y0, y1, max_steps=self.max_steps)
-        assert sol.solver_state is not None  # SaveAt(solver_state=True)
-        _, _, observed = sol.solver_state
-        value, extra = jnp.zeros((), tdt), 0
-        if regularizer is not None:
-            result = SolveResult(
-                plan=plan, y1=y1, observed=observed, state=state, key=noise_key
-            )
-            value, extra = regularizer.finish(spec=spec, result=result)
-        evals = solver.num_evaluations(sol.stats["num_steps"], stateful=False)
-        stats = SolveStats.of(sol, evals + num_heuristic, value, extra)
         readout = getattr(self.drift, "readout", None)
         return (y1 if readout is None else readout(y1)), state, stats
 

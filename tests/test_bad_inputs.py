@@ -21,6 +21,12 @@ def _tabn_node():
     return td.NeuralODE(td.MLPField(3, (4,), norm="tabn", key=K))
 
 
+def _tabn(hidden):
+    """`(model, state)`: a TA-BN NeuralODE with these hidden widths."""
+    field = lambda: td.NeuralODE(td.MLPField(3, hidden, norm="tabn", key=K))
+    return eqx.nn.make_with_state(field)()
+
+
 def _call(node, x, **kw):
     _, state = eqx.nn.make_with_state(lambda: node)()
     return node(x, state, **kw)
@@ -96,7 +102,15 @@ CALLS = [
     ("state of a model without the layer",
      lambda: eqx.nn.make_with_state(_tabn_node)()[0](
          x3, eqx.nn.make_with_state(_node)()[1]),
-     ValueError, "holds no entry for 'NeuralODE.field.norms\\[0\\].state_index'"),
+     ValueError,
+     r"NeuralODE: `state` holds no entry for 'NeuralODE.field.norms\[0\].state_index'"),
+    # A deeper model's state holds every entry a shallower one looks up (equinox names
+    # entries by path): its extra layers once went unnoticed and the output was off.
+    ("state of a deeper model", lambda: _tabn((4,))[0](x3, _tabn((4, 4))[1]),
+     ValueError, r"holds 6 arrays, but this model's stateful layers hold 3"),
+    ("state of a wider model", lambda: _tabn((4,))[0](x3, _tabn((5,))[1]),
+     ValueError, r"entry for 'NeuralODE.field.norms\[0\].state_index' has shapes "
+     r"\[\(101, 5\), \(101, 5\)\], but the layer holds \[\(101, 4\)"),
     ("TA-BN at t = NaN",
      lambda: eqx.nn.make_with_state(td.TABatchNorm)(3)[0](
          jnp.nan, x3, eqx.nn.make_with_state(td.TABatchNorm)(3)[1]),

@@ -225,7 +225,7 @@ def test_sde_errors(getkey):
         with pytest.raises(ValueError, match="`brownian_tol` must be in"):
             td.NeuralSDE(plain, plain, brownian_tol=tol)
     td.NeuralSDE(plain, plain, brownian_tol=0.5)  # coarse but inside the interval
-    with pytest.raises(ValueError, match="ConstantStepSize.*pass `dt0`"):
+    with pytest.raises(ValueError, match="ConstantStepSize.*needs an explicit `dt0`"):
         td.NeuralSDE(plain, plain, stepsize_controller=dfx.ConstantStepSize())
     sde, state = _sde(getkey())
     with pytest.raises(ValueError, match="kind='error'"):

@@ -128,6 +128,44 @@ def test_popti_matches_hand_computation(getkey):
     )
 
 
+def test_popti_is_tabn_on_one_point(getkey):
+    """Pop-TI BN is TA-BN whose every time weighs one grid point fully: a TA-BN with
+    nearest-point weights (coverage off), evaluated only at times nearest its first
+    point, gives Pop-TI's outputs and, on that point, its running statistics, in
+    both modes; trained affine parameters included."""
+    popti, p_state = _make(td.PopTIBatchNorm, 4, momentum=0.3)
+    tabn, t_state = _make(
+        td.TABatchNorm, 4, momentum=0.3, num_intervals=1, interpolation="nearest",
+        coverage_aware=False,
+    )  # fmt: skip
+    gamma = jax.random.normal(getkey(), (4,))
+    beta = jax.random.normal(getkey(), (4,))
+    popti = eqx.tree_at(lambda n: (n.weight, n.bias), popti, (gamma, beta))
+    tabn = eqx.tree_at(
+        lambda n: (n.weight, n.bias), tabn,
+        (jnp.stack([gamma, 3 * gamma]), jnp.stack([beta, beta - 1])),
+    )  # fmt: skip
+    for t in (0.0, 0.2, 0.45, 0.3):
+        x = jax.random.normal(getkey(), (6, 4)) * 2 + 1
+        a, p_state = popti(t, x, p_state)
+        b, t_state = tabn(t, x, t_state)
+        np.testing.assert_array_equal(a, b)
+    pm, pv = p_state.get(popti.state_index)
+    tm, tv = t_state.get(tabn.state_index)
+    np.testing.assert_array_equal(pm, tm[0])
+    np.testing.assert_array_equal(pv, tv[0])
+    np.testing.assert_array_equal(tm[1], 0)  # the other point never updated
+    x = jax.random.normal(getkey(), (2, 4))
+    a, _ = eqx.nn.inference_mode(popti)(0.1, x, p_state)
+    b, _ = eqx.nn.inference_mode(tabn)(0.1, x, t_state)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert isinstance(popti, td.AbstractBatchNorm) and popti.grid is None
+    with pytest.raises(ValueError, match="does not track coverage"):
+        popti.coverage(p_state)
+    with pytest.raises(ValueError, match="keeps no running statistics"):
+        td.MiniBatchNorm(4).statistics_at(0.0, p_state)
+
+
 def test_minibatch_uses_batch_statistics_in_inference(getkey):
     norm, state = _make(td.MiniBatchNorm, 3)
     x = jax.random.normal(getkey(), (7, 3))

@@ -6,15 +6,15 @@ import numpy as np
 
 import tadiffeq.dynamics as tdd
 
+from ..reporting import pyplot, save_figure
+
 
 def plot_model(cfg, row, arrays, refs, out: pathlib.Path):
     """Attractor (learned vs true), time series of the first initial condition and
     per-coordinate histograms."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    if plt is None:
+        return
     out.mkdir(parents=True, exist_ok=True)
     truth = refs["long_truth"][refs["burn_in"] :]
     learned = arrays["long_run"]
@@ -33,8 +33,7 @@ def plot_model(cfg, row, arrays, refs, out: pathlib.Path):
         ax.set_ylabel("x2")
         ax.set_zlabel("x3")
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.05, top=0.92, wspace=0.1)
-    fig.savefig(out / "attractor.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, out / "attractor.png", dpi=100)
 
     lt = np.arange(cfg.horizon + 1) * cfg.dt * tdd.LORENZ63_LYAPUNOV_EXPONENT
     fig, axes = plt.subplots(4, 1, figsize=(9, 8), sharex=True)
@@ -55,8 +54,7 @@ def plot_model(cfg, row, arrays, refs, out: pathlib.Path):
     axes[0].legend(loc="upper right")
     axes[0].set_title(f"{cfg.solver}: first test initial condition (VPT {vpt:.2f})")
     fig.subplots_adjust(left=0.1, right=0.98, bottom=0.07, top=0.95, hspace=0.1)
-    fig.savefig(out / "timeseries.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, out / "timeseries.png", dpi=100)
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     true_hist = np.asarray(refs["stats"].histograms)
@@ -69,17 +67,14 @@ def plot_model(cfg, row, arrays, refs, out: pathlib.Path):
         axes[d].set_xlabel(f"x{d + 1} (TV {row['attractor']['tv'][d]:.3f})")
     axes[0].legend()
     fig.subplots_adjust(left=0.05, right=0.98, bottom=0.15, top=0.95, wspace=0.2)
-    fig.savefig(out / "histograms.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, out / "histograms.png", dpi=100)
 
 
 def plot_summary(rows, truth_row, out: pathlib.Path):
     """Training curves (loss, acceptance, substeps) and the VPT of every model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    if plt is None:
+        return
     trained = [(i, r) for i, r in enumerate(rows) if r["history"] is not None]
     if trained:  # (the authors' models have no training history here)
         fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
@@ -96,8 +91,7 @@ def plot_summary(rows, truth_row, out: pathlib.Path):
         axes[2].set_xlabel("L-BFGS iteration")
         axes[0].legend(fontsize=7, ncol=3)
         fig.subplots_adjust(left=0.12, right=0.98, bottom=0.06, top=0.98, hspace=0.08)
-        fig.savefig(out / "training_curves.png", dpi=100)
-        plt.close(fig)
+        save_figure(fig, out / "training_curves.png", dpi=100)
 
     fig, ax = plt.subplots(figsize=(9, 4))
     ax.boxplot([r["vpt_all"] for r in rows])
@@ -109,5 +103,4 @@ def plot_summary(rows, truth_row, out: pathlib.Path):
     )  # fmt: skip
     ax.legend(loc="upper right", fontsize=8)
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.25, top=0.97)
-    fig.savefig(out / "vpt.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, out / "vpt.png", dpi=100)

@@ -8,8 +8,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, Shaped
 
-from .._neural_ode import NeuralODE, SolveStats
+from .._neural_de import SolveStats
+from .._neural_ode import NeuralODE
 from .._norm.popti import PopTIBatchNorm
+from .._norm.state import check_state
 
 
 class UnmixedClassifier(eqx.Module):
@@ -124,6 +126,7 @@ class UnmixedClassifier(eqx.Module):
                 f"UnmixedClassifier: `images` must be floating point, got "
                 f"{images.dtype}; convert and normalise them first."
             )
+        check_state("UnmixedClassifier", self, state)
         x = jnp.transpose(images, (0, 2, 3, 1)) if self.channels_first else images
         # The ODE's key (for `first_step_jitter`) is folded off the dropout's, which
         # stays `key` itself.

@@ -9,9 +9,11 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from .._neural_ode import NeuralODE, SolveStats
+from .._fields.mlp import MLPField
+from .._neural_de import SolveStats
+from .._neural_ode import NeuralODE
+from .._norm.state import check_state
 from .._regularizers.base import AbstractRegularizer
-from .mlp import MLPField
 
 
 class LatentODE(eqx.Module):
@@ -210,6 +212,7 @@ class LatentODE(eqx.Module):
         the solve's [`tadiffeq.SolveStats`][].
         """
         times, values, mask = self.check_inputs(times, values, mask)
+        check_state("LatentODE", self, state)
         mean, logstd = self.encode(times, values, mask)
         k_z, k_reg = (None, None) if key is None else jax.random.split(key)
         if self.inference or k_z is None:

@@ -3,19 +3,14 @@
 from typing import ClassVar
 
 import equinox as eqx
-from jaxtyping import Array, ArrayLike, Float, Shaped
+from jaxtyping import Array, Float
 
-from .base import (
-    AbstractNorm,
-    batch_moments,
-    check_momentum_eps,
-    check_num_features,
-    init_affine,
-    normalise,
-)
+from .base import check_momentum_eps, check_num_features
+from .batchnorm import AbstractBatchNorm, init_affine
+from .time_grid import AbstractTimeGrid
 
 
-class MiniBatchNorm(AbstractNorm):
+class MiniBatchNorm(AbstractBatchNorm):
     """BatchNorm that always normalises with the statistics of the current batch and
     keeps no running statistics (the "mini-batch BN" baseline of Zheng et al. 2024).
 
@@ -38,6 +33,12 @@ class MiniBatchNorm(AbstractNorm):
     eps: float = eqx.field(static=True)
     channel_axis: int = eqx.field(static=True)
     inference: bool
+    # No time grid, no running statistics (see AbstractBatchNorm).
+    grid: AbstractTimeGrid | None
+    state_index: eqx.nn.StateIndex | None
+    coverage_index: eqx.nn.StateIndex | None
+    momentum: float = eqx.field(static=True)
+    min_coverage: float = eqx.field(static=True)
 
     batch_independent_at_inference: ClassVar[bool] = False
 
@@ -58,23 +59,8 @@ class MiniBatchNorm(AbstractNorm):
         self.eps = eps
         self.channel_axis = channel_axis
         self.inference = inference
-
-    def __call__(
-        self,
-        t: ArrayLike,
-        x: Shaped[Array, "batch *rest"],
-        state: eqx.nn.State,
-        *,
-        inference: bool | None = None,
-    ) -> tuple[Float[Array, "batch *rest"], eqx.nn.State]:
-        del t, inference  # Same behaviour in both modes.
-        axis = self._axis(x)
-        mean, var, count = batch_moments(x, axis)
-        if count < 2:
-            raise ValueError(
-                f"MiniBatchNorm: needs more than one value per channel to take batch "
-                f"statistics, got `x` of shape {x.shape} (the output would be the "
-                "bias whatever the input). Use a batch of at least 2, or a layer with "
-                "running statistics (TABatchNorm, PopTIBatchNorm) for single samples."
-            )
-        return normalise(x, axis, mean, var, self.eps, self.weight, self.bias), state
+        self.grid = None
+        self.state_index = None
+        self.coverage_index = None
+        self.momentum = 0.0
+        self.min_coverage = 1.0

@@ -1,27 +1,17 @@
 """Pop-TI BatchNorm: one pair of running statistics for all times."""
 
-from typing import ClassVar
-
 import equinox as eqx
-import jax
-from jaxtyping import Array, ArrayLike, Float, Shaped
+from jaxtyping import Array, Float
 
-from .base import (
-    AbstractNorm,
-    batch_moments,
-    check_momentum_eps,
-    check_num_features,
-    init_affine,
-    init_running_statistics,
-    normalise,
-    unbiased,
-)
+from .base import check_momentum_eps, check_num_features
+from .batchnorm import AbstractBatchNorm, init_affine, init_running_statistics
+from .time_grid import AbstractTimeGrid
 
 
-class PopTIBatchNorm(AbstractNorm):
+class PopTIBatchNorm(AbstractBatchNorm):
     """Standard BatchNorm inside a vector field: one running mean/variance shared by
     all times t ("population statistics, time independent", Pop-TI BN in Zheng et al.
-    2024) and a time-independent affine.
+    2024) and a time-independent affine: TA-BN on a one-point grid.
 
     Training mode normalises with the batch statistics and updates the running pair
     with `running <- (1 - momentum) running + momentum batch` at every recorded
@@ -46,13 +36,15 @@ class PopTIBatchNorm(AbstractNorm):
     num_features: int = eqx.field(static=True)
     weight: Float[Array, " channels"] | None
     bias: Float[Array, " channels"] | None
-    state_index: eqx.nn.StateIndex
+    state_index: eqx.nn.StateIndex | None
     momentum: float = eqx.field(static=True)
     eps: float = eqx.field(static=True)
     channel_axis: int = eqx.field(static=True)
     inference: bool
-
-    batch_independent_at_inference: ClassVar[bool] = True
+    # One pair for all times: no grid, no coverage (see AbstractBatchNorm).
+    grid: AbstractTimeGrid | None
+    coverage_index: eqx.nn.StateIndex | None
+    min_coverage: float = eqx.field(static=True)
 
     def __init__(
         self,
@@ -74,32 +66,6 @@ class PopTIBatchNorm(AbstractNorm):
         self.eps = eps
         self.channel_axis = channel_axis
         self.inference = inference
-
-    def __call__(
-        self,
-        t: ArrayLike,
-        x: Shaped[Array, "batch *rest"],
-        state: eqx.nn.State,
-        *,
-        inference: bool | None = None,
-    ) -> tuple[Float[Array, "batch *rest"], eqx.nn.State]:
-        del t
-        axis = self._axis(x)
-        running_mean, running_var = state.get(self.state_index)
-        if self._is_inference(inference):
-            out = normalise(
-                x, axis, running_mean, running_var, self.eps, self.weight, self.bias
-            )
-            return out, state
-        mean, var, count = batch_moments(x, axis)
-        out = normalise(x, axis, mean, var, self.eps, self.weight, self.bias)
-        batch_mean = jax.lax.stop_gradient(mean).astype(running_mean.dtype)
-        batch_var = jax.lax.stop_gradient(
-            unbiased("PopTIBatchNorm", var, count, x.shape)
-        )
-        m = self.momentum
-        new = (
-            running_mean + m * (batch_mean - running_mean),
-            running_var + m * (batch_var.astype(running_var.dtype) - running_var),
-        )
-        return out, state.set(self.state_index, new)
+        self.grid = None
+        self.coverage_index = None
+        self.min_coverage = 1.0

@@ -1,27 +1,15 @@
 """Temporal Adaptive BatchNorm (TA-BN)."""
 
-from typing import ClassVar
-
 import equinox as eqx
-import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, Shaped
+from jaxtyping import Array, Float
 
-from .base import (
-    AbstractNorm,
-    batch_moments,
-    check_momentum_eps,
-    check_num_features,
-    init_affine,
-    init_running_statistics,
-    norm_layers,
-    normalise,
-    unbiased,
-)
+from .base import check_momentum_eps, check_num_features, norm_layers
+from .batchnorm import AbstractBatchNorm, init_affine, init_running_statistics
 from .time_grid import AbstractTimeGrid, make_time_grid
 
 
-class TABatchNorm(AbstractNorm):
+class TABatchNorm(AbstractBatchNorm):
     r"""Temporal Adaptive BatchNorm: running statistics *and* affine parameters on a
     uniform time grid over the integration interval (Zheng et al., NeurIPS 2024,
     Eq. 7 and Algorithm 1).
@@ -126,18 +114,16 @@ class TABatchNorm(AbstractNorm):
     """
 
     num_features: int = eqx.field(static=True)
-    grid: AbstractTimeGrid
+    grid: AbstractTimeGrid | None
     weight: Float[Array, "points channels"] | None
     bias: Float[Array, "points channels"] | None
-    state_index: eqx.nn.StateIndex
+    state_index: eqx.nn.StateIndex | None
     coverage_index: eqx.nn.StateIndex | None
     min_coverage: float = eqx.field(static=True)
     momentum: float = eqx.field(static=True)
     eps: float = eqx.field(static=True)
     channel_axis: int = eqx.field(static=True)
     inference: bool
-
-    batch_independent_at_inference: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -201,110 +187,6 @@ class TABatchNorm(AbstractNorm):
         self.eps = eps
         self.channel_axis = channel_axis
         self.inference = inference
-
-    @property
-    def coverage_aware(self) -> bool:
-        """Whether the layer tracks coverage and reads only covered points."""
-        return self.coverage_index is not None
-
-    def coverage(self, state: eqx.nn.State) -> Float[Array, " points"]:
-        """Per grid point, the share of its running statistics that comes from data,
-        `c_k = 1 - u_k` in [0, 1] (0: never updated)."""
-        if self.coverage_index is None:
-            raise ValueError(
-                "TABatchNorm.coverage: this layer was built with "
-                "`coverage_aware=False` and does not track coverage."
-            )
-        return 1.0 - state.get(self.coverage_index)
-
-    def read_weights(
-        self, t: ArrayLike, state: eqx.nn.State
-    ) -> Float[Array, " points"]:
-        """The grid weights of the inference read at time `t`: `grid.weights(t)`, or
-        with coverage, the weights over the covered points only."""
-        return self._read(t, state)[0]
-
-    def _covered(self, remaining: Array) -> Array:
-        return (remaining <= 1.0 - self.min_coverage) & (remaining < 1.0)
-
-    def affine_at(
-        self, t: ArrayLike, state: eqx.nn.State | None = None
-    ) -> tuple[Float[Array, " channels"] | None, Float[Array, " channels"] | None]:
-        """The interpolated affine weight and bias at time `t`: as training reads it,
-        or with `state`, as the inference read takes it (covered points only)."""
-        w = self.grid.weights(t) if state is None else self.read_weights(t, state)
-        return self._affine(w)
-
-    def _affine(self, w: Array):
-        if self.weight is None or self.bias is None:
-            return None, None
-        w = w.astype(self.weight.dtype)
-        return w @ self.weight, w @ self.bias
-
-    def statistics_at(
-        self, t: ArrayLike, state: eqx.nn.State
-    ) -> tuple[Float[Array, " channels"], Float[Array, " channels"]]:
-        """The running mean and variance the inference read uses at time `t`
-        (bias-corrected and over covered points only, with coverage). They carry no
-        gradient."""
-        return self._read(t, state)[1:]
-
-    def _read(self, t: ArrayLike, state: eqx.nn.State):
-        """`(weights, mean, var)` of the inference read at time `t`."""
-        running_mean, running_var = jax.lax.stop_gradient(state.get(self.state_index))
-        if self.coverage_index is None:
-            w = self.grid.weights(t)
-        else:
-            u = jax.lax.stop_gradient(state.get(self.coverage_index))
-            covered = self._covered(u)
-            w = self.grid.covered_weights(t, covered)
-            # running = u init + (1 - u) estimate (init: 0 for the mean, 1 for the
-            # variance, as init_running_statistics), so the estimate is
-            # running + u / (1 - u) (running - init); 0 where uncovered (unread).
-            ratio = jnp.where(covered, u / jnp.where(u < 1.0, 1.0 - u, 1.0), 0)
-            ratio = ratio[:, None]
-            running_mean = running_mean + ratio * running_mean
-            running_var = running_var + ratio * (running_var - 1.0)
-        ws = w.astype(running_mean.dtype)
-        return w, ws @ running_mean, ws @ running_var
-
-    def __call__(
-        self,
-        t: ArrayLike,
-        x: Shaped[Array, "batch *rest"],
-        state: eqx.nn.State,
-        *,
-        inference: bool | None = None,
-    ) -> tuple[Float[Array, "batch *rest"], eqx.nn.State]:
-        axis = self._axis(x)
-        if self._is_inference(inference):
-            w, mean, var = self._read(t, state)
-            gamma, beta = self._affine(w)
-            return normalise(x, axis, mean, var, self.eps, gamma, beta), state
-        w = self.grid.weights(t)
-        gamma, beta = self._affine(w)
-        mean, var, count = batch_moments(x, axis)
-        out = normalise(x, axis, mean, var, self.eps, gamma, beta)
-        running_mean, running_var = state.get(self.state_index)
-        batch_var = unbiased("TABatchNorm", var, count, x.shape)
-        # Momentum eta * w_k on every grid point; points of zero weight are left as
-        # they are (also when the batch is not finite: 0 * inf would be NaN).
-        rate = jax.lax.stop_gradient(self.momentum * w.astype(running_mean.dtype))
-        rate = rate[:, None]
-        batch_mean = jax.lax.stop_gradient(mean).astype(running_mean.dtype)
-        batch_var = jax.lax.stop_gradient(batch_var).astype(running_var.dtype)
-        new = tuple(
-            jnp.where(rate > 0, running + rate * (batch - running), running)
-            for running, batch in (
-                (running_mean, batch_mean),
-                (running_var, batch_var),
-            )
-        )
-        state = state.set(self.state_index, new)
-        if self.coverage_index is not None:
-            remaining = state.get(self.coverage_index)
-            state = state.set(self.coverage_index, remaining * (1.0 - rate[:, 0]))
-        return out, state
 
 
 def tabn_coverage(model, state: eqx.nn.State) -> list[Float[Array, " points"]]:

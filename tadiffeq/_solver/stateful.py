@@ -238,11 +238,11 @@ class StatefulSolver(dfx.AbstractAdaptiveSolver):
     def error_order(self, terms):
         return self.solver.error_order(terms) if self.has_error_estimate else None
 
-    def num_evaluations(self, num_steps, *, stateful: bool = True):
+    def num_evaluations(self, num_steps, terms) -> Array:
         """Vector-field evaluations made by `init` and `num_steps` steps (accepted
-        or rejected): FSAL applies to stateful terms only."""
+        or rejected) on `terms`: FSAL applies to a `StatefulField`'s terms only."""
         tab = self.tableau
-        if tab.fsal and stateful:
+        if tab.fsal and _find_stateful(terms)[0] is not None:
             return 1 + (tab.num_stages - 1) * num_steps
         return tab.num_stages * num_steps
 

@@ -1,0 +1,58 @@
+"""Checking that an `eqx.nn.State` belongs to a model."""
+
+import equinox as eqx
+import jax
+
+from .base import norm_layers
+from .batchnorm import AbstractBatchNorm
+
+
+def check_state(owner: str, model, state, *, whole: bool | None = None) -> None:
+    """Trace-time errors for a `state` that is not `model`'s, naming `state`: not an
+    `eqx.nn.State`; without an entry for one of the model's stateful layers; a
+    BatchNorm entry whose shapes differ from the layer's (another width or grid);
+    and, with `whole=True` (`model` is everything the state belongs to), more arrays
+    than the model's layers hold (the state of a deeper model, whose extra layers'
+    entries would otherwise go unnoticed). `whole=None`: true when `model` was the
+    model given to `eqx.nn.make_with_state` (equinox names every entry by its path
+    from that model, so all of them then start with `model`'s class name; a model
+    without stateful layers cannot tell and checks nothing)."""
+    if not isinstance(state, eqx.nn.State):
+        raise TypeError(
+            f"{owner}: `state` must be the model's eqx.nn.State (from "
+            f"eqx.nn.make_with_state), got {type(state).__name__}."
+        )
+    is_index = lambda x: isinstance(x, eqx.nn.StateIndex)
+    indices = [i for i in jax.tree.leaves(model, is_leaf=is_index) if is_index(i)]
+    name = lambda i: i.marker if isinstance(i.marker, str) else "a stateful layer"
+    held = 0
+    for index in indices:
+        try:
+            held += len(jax.tree.leaves(state.get(index)))
+        except Exception as e:  # equinox's own error for an unknown index
+            raise ValueError(
+                f"{owner}: `state` holds no entry for {name(index)!r}: it is the "
+                "state of another model; build the model and its state together with "
+                "eqx.nn.make_with_state."
+            ) from e
+    for layer in norm_layers(model):
+        if not isinstance(layer, AbstractBatchNorm):
+            continue
+        for index, want in layer.state_shapes():
+            got = [a.shape for a in jax.tree.leaves(state.get(index))]
+            if got != want:
+                raise ValueError(
+                    f"{owner}: `state`'s entry for {name(index)!r} has shapes {got}, "
+                    f"but the layer holds {want}: it is the state of another model."
+                )
+    if whole is None:
+        prefix = type(model).__name__ + "."
+        whole = bool(indices) and all(
+            isinstance(i.marker, str) and i.marker.startswith(prefix) for i in indices
+        )
+    total = len(jax.tree.leaves(state))
+    if whole and total != held:
+        raise ValueError(
+            f"{owner}: `state` holds {total} arrays, but this model's stateful "
+            f"layers hold {held}: it is the state of another (larger) model."
+        )
