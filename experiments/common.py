@@ -2,6 +2,7 @@
 
 import argparse
 import hashlib
+import math
 import pathlib
 import time
 from collections.abc import Callable
@@ -346,6 +347,68 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
+
+
+def nonnegative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """An argparse type: a finite float >= 0."""
+    value = _finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite float > 0."""
+    value = _finite_float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def float_list(text: str) -> str:
+    """An argparse type: comma-separated finite floats >= 0, kept as the text."""
+    for item in text.split(","):
+        nonnegative_float(item)
+    return text
+
+
+def positive_int_list(text: str) -> str:
+    """An argparse type: comma-separated integers >= 1, kept as the text."""
+    for item in text.split(","):
+        positive_int(item)
+    return text
+
+
+def name_list(choices) -> Callable[[str], str]:
+    """An argparse type: a comma-separated list of names from `choices`, kept as the
+    text the scripts split."""
+    known = sorted(choices)
+
+    def parse(text: str) -> str:
+        unknown = [n for n in text.split(",") if n not in known]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {known}")
+        return text
+
+    return parse
 
 
 def data_fingerprint(x: np.ndarray, y: np.ndarray) -> str:

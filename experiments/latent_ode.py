@@ -48,6 +48,9 @@ from tadiffeq.data import (
 from .common import (
     add_baseline_ratios,
     data_fingerprint,
+    name_list,
+    nonnegative_float,
+    positive_float,
     positive_int,
     print_table,
     regularization_weights,
@@ -340,7 +343,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     d = LatentODEConfig()
     parser.add_argument(
-        "--regularizers", default="none,local,global",
+        "--regularizers", default="none,local,global", type=name_list(REGULARIZERS),
         help=f"comma-separated, from {sorted(REGULARIZERS)}",
     )  # fmt: skip
     parser.add_argument("--data", default=d.data, help="generated or physionet")
@@ -350,15 +353,21 @@ def main(argv=None):
         help="where generated data is cached (default: --out)",
     )  # fmt: skip
     for name in (
-        "num_patients", "data_seed", "steps", "batch_size", "latent", "hidden",
-        "eval_batch", "seed",
+        "num_patients", "steps", "batch_size", "latent", "hidden", "eval_batch"
     ):  # fmt: skip
         parser.add_argument(
-            f"--{name.replace('_', '-')}", type=int, default=getattr(d, name)
+            f"--{name.replace('_', '-')}", type=positive_int, default=getattr(d, name)
         )
-    for name in ("quantization", "lr", "weight", "weight_end", "tol", "obs_std"):
+    for name in ("data_seed", "seed"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int,
+                            default=getattr(d, name))  # fmt: skip
+    for name, kind in (
+        ("quantization", positive_float), ("lr", positive_float),
+        ("weight", nonnegative_float), ("weight_end", nonnegative_float),
+        ("tol", positive_float), ("obs_std", positive_float),
+    ):  # fmt: skip
         parser.add_argument(
-            f"--{name.replace('_', '-')}", type=float, default=getattr(d, name)
+            f"--{name.replace('_', '-')}", type=kind, default=getattr(d, name)
         )
     parser.add_argument("--checkpoint-every", type=positive_int, default=100)
     parser.add_argument("--out", default="results/latent_ode")

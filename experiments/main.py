@@ -25,11 +25,16 @@ import time
 
 import numpy as np
 
+import tadiffeq as td
+
 from . import regularization_toy as toy
 from .common import (
     ClassifierConfig,
     evaluate,
     load_image_data,
+    name_list,
+    nonnegative_float,
+    nonnegative_int,
     one_in_ten_noisy,
     positive_int,
     print_table,
@@ -45,6 +50,7 @@ def main(argv=None):
         "--data", default="auto", choices=["auto", "mnist", "synthetic"]
     )
     parser.add_argument("--norms", default="tabn,minibatch,popti,none",
+                        type=name_list(td.NORM_NAMES),
                         help="comma-separated normalisation names")  # fmt: skip
     parser.add_argument("--epochs", type=positive_int, default=3)
     parser.add_argument("--batch-size", type=positive_int, default=128)
@@ -58,17 +64,17 @@ def main(argv=None):
     parser.add_argument("--test-limit", type=positive_int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--noise-std", type=float, default=10.0,
+        "--noise-std", type=nonnegative_float, default=10.0,
         help="std of the noise on one test sample in ten (normalised pixel units)",
     )  # fmt: skip
     parser.add_argument(
-        "--first-step-jitter", type=float, default=1.0,
+        "--first-step-jitter", type=nonnegative_float, default=1.0,
         help="TA-BN runs: training solves' first step times 2**(-a U) "
         "(td.NeuralODE's first_step_jitter), so that training covers TA-BN's grid "
         "(docs/results.md); 0 for the solver's own first step",
     )  # fmt: skip
     parser.add_argument(
-        "--reg-steps", type=int, default=200,
+        "--reg-steps", type=nonnegative_int, default=200,
         help="training steps of the regularization part (0 skips it)",
     )  # fmt: skip
     parser.add_argument("--out", default="results/main")

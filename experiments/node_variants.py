@@ -37,7 +37,9 @@ from .common import (
     ClassifierConfig,
     evaluate,
     load_image_data,
+    name_list,
     positive_int,
+    positive_int_list,
     print_table,
     SOLVERS,
     train_classifier,
@@ -81,6 +83,7 @@ def main(argv=None):
         help="comma-separated: node, aug<k>, hbnode, sonode",
     )  # fmt: skip
     parser.add_argument("--norms", default=",".join(defaults.norms),
+                        type=name_list(td.NORM_NAMES),
                         help="comma-separated normalisation names")  # fmt: skip
     parser.add_argument(
         "--data", default=defaults.data, choices=["auto", "mnist", "synthetic"]
@@ -90,7 +93,7 @@ def main(argv=None):
     parser.add_argument("--hidden", type=positive_int, default=defaults.hidden)
     parser.add_argument("--train-limit", type=positive_int, default=None)
     parser.add_argument("--test-limit", type=positive_int, default=None)
-    parser.add_argument("--test-batches", default="256,2",
+    parser.add_argument("--test-batches", default="256,2", type=positive_int_list,
                         help="comma-separated test batch sizes")  # fmt: skip
     parser.add_argument("--solver", default=defaults.solver, choices=sorted(SOLVERS))
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -104,10 +107,13 @@ def main(argv=None):
         solver=args.solver, seed=args.seed,
     )  # fmt: skip
     for variant in cfg.variants:  # fail before any training on a typo
-        build_classifier(
-            ClassifierConfig(variant=variant, norm="none", hidden=1), (1, 1, 1), 2,
-            jax.random.PRNGKey(0),
-        )  # fmt: skip
+        try:
+            build_classifier(
+                ClassifierConfig(variant=variant, norm="none", hidden=1), (1, 1, 1),
+                2, jax.random.PRNGKey(0),
+            )  # fmt: skip
+        except ValueError as e:
+            raise ValueError(f"--variants: {e}") from None
     for norm in cfg.norms:
         if norm not in td.NORM_NAMES:
             raise ValueError(f"--norms: unknown {norm!r}; expected {td.NORM_NAMES}.")

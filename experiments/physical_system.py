@@ -53,7 +53,11 @@ import tadiffeq as td
 from tadiffeq.data import generate_pendulum_chain
 
 from .common import (
+    name_list,
+    nonnegative_int,
+    positive_float,
     positive_int,
+    positive_int_list,
     print_table,
     restore_checked,
     write_json,
@@ -292,19 +296,21 @@ def main(argv=None):
     d = PhysicalConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--norms", default="tabn,minibatch,popti,none",
+                        type=name_list(td.NORM_NAMES),
                         help="comma-separated normalisation names")  # fmt: skip
     parser.add_argument("--steps", type=positive_int, default=d.steps)
     parser.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     parser.add_argument("--hidden", default=",".join(map(str, d.hidden)),
+                        type=positive_int_list,
                         help="comma-separated hidden widths")  # fmt: skip
-    parser.add_argument("--norm-layers", type=int, default=d.norm_layers)
+    parser.add_argument("--norm-layers", type=nonnegative_int, default=d.norm_layers)
     parser.add_argument("--window", type=positive_int, default=d.window)
     parser.add_argument("--num-intervals", type=positive_int, default=d.num_intervals)
     parser.add_argument(
         "--num-trajectories", type=positive_int, default=d.num_trajectories
     )
     parser.add_argument("--num-times", type=positive_int, default=d.num_times)
-    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--lr", type=positive_float, default=d.lr)
     parser.add_argument("--chunk", type=positive_int, default=d.chunk)
     parser.add_argument(
         "--test-batch", type=positive_int, default=256,

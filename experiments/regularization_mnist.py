@@ -37,6 +37,9 @@ from .common import (
     add_baseline_ratios,
     data_fingerprint,
     load_image_data,
+    name_list,
+    nonnegative_float,
+    positive_float,
     positive_int,
     print_table,
     regularization_weights,
@@ -415,10 +418,15 @@ def main(argv=None):
     )  # fmt: skip
     parser.add_argument(
         "--regularizers", default="none,local,local_biased,global",
+        type=name_list(REGULARIZERS),
         help=f"comma-separated, from {sorted(REGULARIZERS)}",
     )  # fmt: skip
-    for name in ("weight", "weight_end", "lr", "tol", "lr_decay"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=None)
+    for name, kind in (
+        ("weight", nonnegative_float), ("weight_end", nonnegative_float),
+        ("lr", positive_float), ("tol", positive_float),
+        ("lr_decay", nonnegative_float),
+    ):  # fmt: skip
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None)
     for name in ("batch_size", "eval_batch"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=positive_int)
     for name in ("steps", "hidden"):

@@ -22,7 +22,14 @@ import optax
 
 import tadiffeq as td
 
-from .common import positive_int, print_table, regularizers, write_json
+from .common import (
+    float_list,
+    name_list,
+    positive_int,
+    print_table,
+    regularizers,
+    write_json,
+)
 from .training import optimizer_step
 
 
@@ -108,11 +115,13 @@ def run(cfg: ToyConfig) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--regularizers", default="none,local,local_biased,local_exact,global"
-    )
+        "--regularizers", default="none,local,local_biased,local_exact,global",
+        type=name_list(REGULARIZERS),
+    )  # fmt: skip
     parser.add_argument(
         "--weights",
         default="0,3,3,1e4,10",
+        type=float_list,
         help="one weight per regularizer (comma-separated)",
     )
     parser.add_argument("--steps", type=positive_int, default=200)

@@ -43,8 +43,11 @@ from .common import (
     ClassifierConfig,
     evaluate,
     load_image_data,
+    name_list,
+    nonnegative_float,
     one_in_ten_noisy,
     positive_int,
+    positive_int_list,
     print_table,
     train_classifier,
     write_json,
@@ -323,14 +326,21 @@ def main(argv=None):
     parser.add_argument(
         "--data", default="auto", choices=["auto", "mnist", "synthetic"]
     )
-    parser.add_argument("--norms", default="tabn,minibatch,popti,none")
+    parser.add_argument(
+        "--norms", default="tabn,minibatch,popti,none", type=name_list(td.NORM_NAMES)
+    )
     parser.add_argument("--epochs", type=positive_int, default=3)
     parser.add_argument("--batch-size", type=positive_int, default=128)
     parser.add_argument("--hidden", type=positive_int, default=64)
-    parser.add_argument("--noise-std", type=float, default=3.0)
-    parser.add_argument("--depths", default="4,6,8,10,12")
+    parser.add_argument("--noise-std", type=nonnegative_float, default=3.0)
     parser.add_argument(
-        "--grids", default="10,50,100,500", help="coverage study: the grids M"
+        "--depths", default="4,6,8,10,12", type=name_list(("4", "6", "8", "10", "12"))
+    )
+    parser.add_argument(
+        "--grids",
+        default="10,50,100,500",
+        type=positive_int_list,
+        help="coverage study: the grids M",
     )
     parser.add_argument(
         "--num-intervals", type=positive_int, default=DEFAULT_GRID,
@@ -342,7 +352,7 @@ def main(argv=None):
         "others are 2x, 4x, 8x it)",
     )  # fmt: skip
     parser.add_argument(
-        "--first-step-jitter", type=float, default=0.0,
+        "--first-step-jitter", type=nonnegative_float, default=0.0,
         help="training solves' first step times 2**(-a U) (td.NeuralODE)",
     )  # fmt: skip
     parser.add_argument(

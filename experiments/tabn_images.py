@@ -46,7 +46,9 @@ from .common import (
     build_classifier,
     ClassifierConfig,
     evaluate,
+    name_list,
     positive_int,
+    positive_int_list,
     SOLVERS,
     train_classifier,
     workspace_data,
@@ -286,14 +288,18 @@ def main(argv=None):
     parser.add_argument("--preset", required=True, choices=list(PRESETS))
     parser.add_argument("--epochs", type=positive_int, help="default 100")
     parser.add_argument("--batch-size", type=positive_int, help="default 256")
-    parser.add_argument("--widths", help="U-Net channels per level, e.g. 8,16")
+    parser.add_argument(
+        "--widths", type=positive_int_list, help="U-Net channels per level, e.g. 8,16"
+    )
     parser.add_argument("--field", help="vector field (default unet; mlp or conv<d> "
                         "for cheap checks)")  # fmt: skip
     parser.add_argument(
         "--hidden", type=positive_int, help="MLP field width (with --field mlp)"
     )
     parser.add_argument("--solver", choices=list(SOLVERS), help="default dopri5")
-    parser.add_argument("--norm", help="normalisation (default tabn)")
+    parser.add_argument(
+        "--norm", type=name_list(td.NORM_NAMES), help="normalisation (default tabn)"
+    )
     parser.add_argument(
         "--num-intervals", type=positive_int, help="TA-BN grid (default 100)"
     )

@@ -48,6 +48,10 @@ class Checkpointer:
     def __init__(self, directory: str | os.PathLike, keep: int = 2):
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
             raise ValueError(f"`keep` must be an int of at least 1, got {keep!r}.")
+        if not isinstance(directory, (str, os.PathLike)):
+            raise TypeError(
+                f"`directory` must be a path (str or os.PathLike), got {directory!r}."
+            )
         self.directory = pathlib.Path(directory)
         self.keep = keep
 

@@ -2,7 +2,6 @@
 step -> `diffeqsolve` -> diagnosis -> the regularizer's finish -> `SolveStats`."""
 
 import abc
-import math
 from typing import Any, ClassVar
 
 import diffrax as dfx
@@ -13,7 +12,7 @@ import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from ._custom_types import Scalar, Y
-from ._misc import check_positive_int
+from ._misc import check_float, check_positive_int
 from ._regularizers.base import AbstractRegularizer, Plan, SolveResult, SolveSpec
 from ._solver.controllers import check_tolerances, pid_controller, with_error_norm
 from ._solver.diagnose import check_finite_input, check_solution
@@ -86,9 +85,7 @@ def check_solve_arguments(
 ) -> tuple[float, float, float | None]:
     """Trace-time errors, naming the argument, for the arguments every neural
     differential equation takes; returns `(t0, t1, dt0)` as floats."""
-    t0, t1 = float(t0), float(t1)
-    if not (math.isfinite(t0) and math.isfinite(t1)):
-        raise ValueError(f"`t0` and `t1` must be finite, got t0={t0}, t1={t1}.")
+    t0, t1 = check_float("t0", t0), check_float("t1", t1)
     if not t0 < t1:
         raise ValueError(f"Need `t0 < t1`, got t0={t0}, t1={t1}.")
     check_positive_int("max_steps", max_steps)
@@ -118,9 +115,7 @@ def check_solve_arguments(
             "explicit `dt0` (pass `dt0=`)."
         )
     if dt0 is not None:
-        dt0 = float(dt0)
-        if not (math.isfinite(dt0) and dt0 > 0):
-            raise ValueError(f"`dt0` must be positive and finite, got {dt0}.")
+        dt0 = check_float("dt0", dt0, low=0.0, low_open=True)
     pid = pid_controller(stepsize_controller)
     if pid is not None:
         check_tolerances("stepsize_controller", pid.rtol, pid.atol)

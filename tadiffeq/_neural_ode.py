@@ -1,6 +1,5 @@
 """`NeuralODE`: solve dy/dt = f(t, y) with diffrax, threading normalisation state."""
 
-import math
 from collections.abc import Callable
 
 import diffrax as dfx
@@ -12,6 +11,7 @@ from jaxtyping import ArrayLike, Float, PRNGKeyArray
 
 from ._custom_types import BatchedY, Y
 from ._fields.field import AbstractVectorField
+from ._misc import check_float
 from ._neural_de import AbstractNeuralDE, check_solve_arguments, SolveStats
 from ._norm.base import norm_layers
 from ._norm.state import check_state
@@ -148,13 +148,9 @@ class NeuralODE(AbstractNeuralDE):
         self.dt0 = dt0
         self.max_steps = max_steps
         self.per_sample_inference = bool(per_sample_inference)
-        first_step_jitter = float(first_step_jitter)
-        if not (math.isfinite(first_step_jitter) and first_step_jitter >= 0):
-            raise ValueError(
-                "`first_step_jitter` must be a finite float >= 0, got "
-                f"{first_step_jitter}."
-            )
-        self.first_step_jitter = first_step_jitter
+        self.first_step_jitter = check_float(
+            "first_step_jitter", first_step_jitter, low=0.0
+        )
         if nonfinite_statistics not in ("error", "keep_previous"):
             raise ValueError(
                 "`nonfinite_statistics` must be 'error' or 'keep_previous', got "

@@ -1,6 +1,5 @@
 """`NeuralSDE`: a Neural SDE with diagonal noise, solved adaptively with diffrax."""
 
-import math
 from collections.abc import Callable
 
 import diffrax as dfx
@@ -11,6 +10,7 @@ import lineax as lx
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Shaped
 
 from ._custom_types import Scalar, Y
+from ._misc import check_float
 from ._neural_de import AbstractNeuralDE, check_solve_arguments, SolveStats
 from ._norm.base import norm_layers
 from ._regularizers.base import AbstractRegularizer, SolveSpec
@@ -173,7 +173,7 @@ class NeuralSDE(AbstractNeuralDE):
         self.dt0 = dt0
         if brownian_tol is None:
             brownian_tol = (t1 - t0) / 2**12
-        brownian_tol = float(brownian_tol)
+        brownian_tol = check_float("brownian_tol", brownian_tol)
         # Finer than 2**-40 of the interval the tree's depth exceeds what its
         # float32 times resolve (a negative tolerance never terminates).
         if not (t1 - t0) * 2.0**-40 <= brownian_tol < t1 - t0:
@@ -183,13 +183,9 @@ class NeuralSDE(AbstractNeuralDE):
             )
         self.brownian_tol = brownian_tol
         self.max_steps = max_steps
-        initial_step_order = float(initial_step_order)
-        if not (math.isfinite(initial_step_order) and initial_step_order > 0):
-            raise ValueError(
-                "`initial_step_order` must be positive and finite, got "
-                f"{initial_step_order}."
-            )
-        self.initial_step_order = initial_step_order
+        self.initial_step_order = check_float(
+            "initial_step_order", initial_step_order, low=0.0, low_open=True
+        )
 
     @property
     def _adaptive(self) -> bool:
@@ -269,8 +265,9 @@ class NeuralSDE(AbstractNeuralDE):
         y0 = x if lift is None else lift(x)
         if regularizer is not None and not regularizer.supports_sde:
             raise ValueError(
-                f"{type(regularizer).__name__} does not regularize a NeuralSDE's "
-                "solve (LocalRegularizer and GlobalRegularizer, kind='error', do)."
+                f"`regularizer`: {type(regularizer).__name__} does not regularize a "
+                "NeuralSDE's solve (LocalRegularizer and GlobalRegularizer, "
+                "kind='error', do)."
             )
         bm_key, reg_key = jax.random.split(key)
         plan_key, noise_key = jax.random.split(reg_key)

@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import pytest
 
 import tadiffeq as td
+import tadiffeq.data as tdd
+import tadiffeq.dynamics as tdy
 
 
 K = jax.random.PRNGKey(0)
@@ -27,6 +29,24 @@ def _tabn(hidden):
     return eqx.nn.make_with_state(field)()
 
 
+def _latent(values, mask):
+    """A small LatentODE's prediction for `values` observed where `mask` is 1."""
+    model, state = eqx.nn.make_with_state(td.LatentODE)(3, 2, 4, key=K)
+    out = model(jnp.linspace(0, 1, values.shape[1]), values, mask, state)
+    return jax.block_until_ready(out[0])
+
+
+def test_latent_ode_ignores_unobserved_nan():
+    """PhysioNet exports mark missing values NaN: where the mask is 0 they are
+    ignored (the prediction is that of zeros there), where it is 1 refused above."""
+    values = jnp.ones((2, 3, 3))
+    mask = jnp.ones_like(values).at[0, 1, 2].set(0.0)
+    nan = _latent(values.at[0, 1, 2].set(jnp.nan), mask)
+    zero = _latent(values.at[0, 1, 2].set(0.0), mask)
+    assert jnp.all(jnp.isfinite(nan))
+    assert jnp.array_equal(nan, zero)
+
+
 def _call(node, x, **kw):
     _, state = eqx.nn.make_with_state(lambda: node)()
     return node(x, state, **kw)
@@ -37,14 +57,14 @@ CONSTRUCTION = [
     ("NeuralODE dt0=inf", lambda: _node(dt0=float("inf")), ValueError, "`dt0`"),
     ("NeuralODE negative rtol",
      lambda: _node(stepsize_controller=dfx.PIDController(rtol=-1e-3, atol=1e-3)),
-     ValueError, "`rtol` must be finite and >= 0"),
+     ValueError, "`rtol` must be a finite float >= 0"),
     ("NeuralODE rtol = atol = 0",
      lambda: _node(stepsize_controller=dfx.PIDController(rtol=0.0, atol=0.0)),
      ValueError, "both 0"),
     ("NeuralODE wrapped PID, negative atol",
      lambda: _node(stepsize_controller=dfx.ClipStepSizeController(
          dfx.PIDController(rtol=1e-3, atol=-1.0), step_ts=[0.5])),
-     ValueError, "`atol` must be finite"),
+     ValueError, "`atol` must be a finite float >= 0"),
     ("LocalRegularizer negative rtol", lambda: td.LocalRegularizer(rtol=-1.0),
      ValueError, "LocalRegularizer: `rtol`"),
     ("TABatchNorm int dtype", lambda: td.TABatchNorm(3, dtype=jnp.int32),
@@ -75,6 +95,58 @@ CONSTRUCTION = [
      ValueError, "`head_statistics`"),
     ("Checkpointer keep=1.5", lambda: td.Checkpointer("/tmp/never", keep=1.5),
      (ValueError, TypeError), "keep"),
+    # Found by benchmarks/probe_bad_inputs.py (docs/design.md, "Bad inputs"). A value
+    # of the wrong type meets the suite's type-checking hook first (a TypeError naming
+    # the parameter); the library's own check answers without it (the probe).
+    ("LinearTimeGrid t0 as text", lambda: td.LinearTimeGrid("0.0", 1.0, 10),
+     (ValueError, TypeError), "t0"),
+    ("TABatchNorm channel_axis=0", lambda: td.TABatchNorm(3, channel_axis=0),
+     ValueError, "TABatchNorm: `channel_axis=0` is the batch axis"),
+    ("MiniBatchNorm channel_axis=1.5", lambda: td.MiniBatchNorm(3, channel_axis=1.5),
+     (ValueError, TypeError), "channel_axis"),
+    ("PopTIBatchNorm eps=inf", lambda: td.PopTIBatchNorm(3, eps=float("inf")),
+     ValueError, "PopTIBatchNorm: `eps` must be a finite float > 0"),
+    ("TABatchNorm momentum as text", lambda: td.TABatchNorm(3, momentum="0.1"),
+     (ValueError, TypeError), "momentum"),
+    ("RNODE negative weight", lambda: td.RNODE(kinetic_weight=-1.0),
+     ValueError, "RNODE: `kinetic_weight`"),
+    ("STEER b=inf", lambda: td.STEER(float("inf")), ValueError, "STEER: `b`"),
+    ("StepAccumulator kind", lambda: td.StepAccumulator("bogus"),
+     ValueError, "StepAccumulator: `kind` must be one of"),
+    ("StepAccumulator rtol=nan", lambda: td.StepAccumulator("error", rtol=float("nan")),
+     ValueError, "`rtol`"),
+    ("HeavyBallField gamma=nan",
+     lambda: td.HeavyBallField(td.MLPField(3, (4,), key=K), 3, gamma=float("nan")),
+     ValueError, "HeavyBallField: `gamma`"),
+    ("LatentODE init_logstd=inf",
+     lambda: td.LatentODE(3, 2, 4, init_logstd=float("inf"), key=K),
+     ValueError, "LatentODE: `init_logstd`"),
+    ("UnmixedClassifier dropout as text",
+     lambda: td.UnmixedClassifier(_node(), (2, 2, 1), 3, dropout="0.5", key=K),
+     (ValueError, TypeError), "dropout"),
+    ("regularization_schedule num_steps=2.5",
+     lambda: td.regularization_schedule(1.0, 0.5, 2.5), (ValueError, TypeError),
+     "num_steps"),
+    ("affine_penalty weight=-1", lambda: td.affine_penalty(_node(), -1.0),
+     ValueError, "affine_penalty: `weight`"),
+    ("Checkpointer directory=3", lambda: td.Checkpointer(3), TypeError, "directory"),
+    ("synthetic_digits num_train=0", lambda: tdd.synthetic_digits(0, 10),
+     ValueError, "`num_train`"),
+    ("ImageAugmentation flip_probability=1.5",
+     lambda: tdd.ImageAugmentation(flip_probability=1.5),
+     ValueError, "`flip_probability`"),
+    ("mnist_offline_split num_train=0 (checked before reading)",
+     lambda: tdd.mnist_offline_split("/nonexistent", num_train=0),
+     ValueError, "`num_train`"),
+    ("mnist_offline_split directory not a folder",
+     lambda: tdd.mnist_offline_split("/nonexistent"),
+     FileNotFoundError, "`directory`"),
+    ("DiffraxStep max_steps=0", lambda: tdy.DiffraxStep(max_steps=0),
+     ValueError, "`max_steps`"),
+    ("Lorenz63 time_scale=0", lambda: tdy.Lorenz63(time_scale=0.0),
+     ValueError, "Lorenz63: `time_scale`"),
+    ("generate_lorenz63 sigma as text", lambda: tdd.generate_lorenz63(20, sigma="10"),
+     (ValueError, TypeError), "sigma"),
 ]  # fmt: skip
 
 
@@ -111,6 +183,9 @@ CALLS = [
     ("state of a wider model", lambda: _tabn((4,))[0](x3, _tabn((5,))[1]),
      ValueError, r"entry for 'NeuralODE.field.norms\[0\].state_index' has shapes "
      r"\[\(101, 5\), \(101, 5\)\], but the layer holds \[\(101, 4\)"),
+    ("LatentODE NaN at an observed value",
+     lambda: _latent(jnp.ones((2, 3, 3)).at[0, 0, 0].set(jnp.nan), jnp.ones((2, 3, 3))),
+     Exception, "LatentODE: `values` holds NaN or inf at an observed entry"),
     ("TA-BN at t = NaN",
      lambda: eqx.nn.make_with_state(td.TABatchNorm)(3)[0](
          jnp.nan, x3, eqx.nn.make_with_state(td.TABatchNorm)(3)[1]),

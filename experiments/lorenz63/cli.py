@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..common import print_table, write_json
+from ..common import positive_float, positive_int, print_table, write_json
 from .config import AUTHORS, LorenzConfig, SOLVERS
 from .evaluation import evaluate, paired_comparisons, references
 from .figures import plot_model, plot_summary
@@ -173,19 +173,21 @@ def main(argv=None):
         f"({', '.join(f for f, _ in AUTHORS.values())}) as rows {tuple(AUTHORS)}",
     )
     for name in (
-        "iterations", "seed", "num_ics", "horizon", "long_steps", "lyap_steps",
-        "n_points", "hidden", "rollout",
+        "iterations", "num_ics", "horizon", "long_steps", "lyap_steps", "n_points",
+        "hidden", "rollout",
     ):  # fmt: skip
         parser.add_argument(
-            f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name)
-        )
-    parser.add_argument("--threshold", type=float, default=defaults.threshold)
+            f"--{name.replace('_', '-')}", type=positive_int,
+            default=getattr(defaults, name),
+        )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--threshold", type=positive_float, default=defaults.threshold)
     parser.add_argument("--data", default="shared", choices=["shared", "generated"])
     parser.add_argument(
         "--data-dir", default=None, help="the study's files (default: shared data)"
     )
-    parser.add_argument("--checkpoint-every", type=int, default=100)
-    parser.add_argument("--log-every", type=int, default=25)
+    parser.add_argument("--checkpoint-every", type=positive_int, default=100)
+    parser.add_argument("--log-every", type=positive_int, default=25)
     parser.add_argument("--no-figures", action="store_true")
     parser.add_argument("--out", default="results/lorenz63")
     args = parser.parse_args(argv)
@@ -194,7 +196,7 @@ def main(argv=None):
     names = [] if args.solvers in ("", "none") else args.solvers.split(",")
     for name in names:
         if name not in SOLVERS:
-            parser.error(f"unknown solver {name!r}; expected one of {SOLVERS}")
+            parser.error(f"--solvers: unknown {name!r}; expected one of {SOLVERS}")
     authors_dir = None
     if args.authors_models is not None:
         authors_dir = pathlib.Path(args.authors_models)

@@ -141,8 +141,9 @@ class MLPField(AbstractVectorField):
     ) -> tuple[Float[Array, "batch out"], eqx.nn.State]:
         if y.ndim != 2 or y.shape[1] != self.features:
             raise ValueError(
-                f"MLPField: the state must have shape (batch, {self.features}) (inputs "
-                f"are flattened per sample), got {y.shape}."
+                f"MLPField: the ODE state `y` (the NeuralODE's input `x`) must have "
+                f"shape (batch, {self.features}) (inputs are flattened per sample), "
+                f"got {y.shape}."
             )
         act = _ACTIVATIONS[self.activation]
         h = y

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from .._misc import check_positive_int
+from .._misc import check_float, check_positive_int
 from .field import AbstractVectorField
 
 
@@ -95,6 +95,7 @@ class HeavyBallField(_PositionVelocityField):
         dtype=None,
     ):
         check_positive_int("channels", channels, owner="HeavyBallField")
+        check_float("gamma", gamma, owner="HeavyBallField")
         self.field = field
         self.gamma = jnp.asarray(gamma, jnp.float32 if dtype is None else dtype)
         self.channels = channels

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, Shaped
 
+from .._misc import check_float
 from .._neural_de import SolveStats
 from .._neural_ode import NeuralODE
 from .._norm.popti import PopTIBatchNorm
@@ -77,8 +78,10 @@ class UnmixedClassifier(eqx.Module):
             or num_classes < 2
         ):
             raise ValueError(f"`num_classes` must be an int >= 2, got {num_classes!r}.")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1), got {dropout}.")
+        check_float(
+            "dropout", dropout, owner="UnmixedClassifier", low=0.0, high=1.0,
+            high_open=True,
+        )  # fmt: skip
         # The same `lift` and `readout` lookups as NeuralODE's.
         lift = getattr(ode.field, "lift", None)
         x = jax.ShapeDtypeStruct((2, *image_shape), jnp.float32)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from .._fields.mlp import MLPField
+from .._misc import check_float
 from .._neural_de import SolveStats
 from .._neural_ode import NeuralODE
 from .._norm.state import check_state
@@ -102,8 +103,8 @@ class LatentODE(eqx.Module):
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-        if not (obs_std > 0 and math.isfinite(obs_std)):
-            raise ValueError(f"`obs_std` must be positive, got {obs_std}.")
+        check_float("obs_std", obs_std, owner="LatentODE", low=0.0, low_open=True)
+        check_float("init_logstd", init_logstd, owner="LatentODE")
         k_enc, k_lat, k_field, k_dec = jax.random.split(key, 4)
         self.encoder = eqx.nn.GRUCell(2 * features + 1, hidden, key=k_enc)
         to_latent = eqx.nn.Linear(hidden, 2 * latent, key=k_lat)
@@ -131,7 +132,8 @@ class LatentODE(eqx.Module):
     def check_inputs(self, times, values, mask):
         """`(times, values, mask)` as arrays, after checking their shapes against
         each other and the model: `times` (T,), `values` and `mask` (batch, T,
-        features). Raises a ValueError naming the argument otherwise."""
+        features). Raises a ValueError naming the argument otherwise, and at run time
+        an error if an observed value is not finite; unobserved values are zeroed."""
         times, values, mask = jnp.asarray(times), jnp.asarray(values), jnp.asarray(mask)
         if times.ndim != 1 or times.shape[0] < 1:
             raise ValueError(
@@ -148,7 +150,15 @@ class LatentODE(eqx.Module):
                 f"`mask` must have the shape of `values` {values.shape}, got "
                 f"{mask.shape}."
             )
-        return times, values, mask
+        # Unobserved entries may hold anything (PhysioNet's missing values are NaN
+        # in some exports): they are zeroed; observed ones must be finite.
+        observed = mask > 0
+        values = eqx.error_if(
+            values,
+            ~jnp.all(jnp.isfinite(jnp.where(observed, values, 0.0))),
+            "LatentODE: `values` holds NaN or inf at an observed entry (mask > 0).",
+        )
+        return times, jnp.where(observed, values, 0.0), mask
 
     def encode(
         self,

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Shaped
 
-from .._misc import check_positive_int
+from .._misc import check_float, check_positive_int
 
 
 class AbstractNorm(eqx.Module):
@@ -105,7 +105,19 @@ def check_num_features(cls_name: str, num_features: int, dtype=None) -> None:
 
 
 def check_momentum_eps(cls_name: str, momentum: float, eps: float) -> None:
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"{cls_name}: `momentum` must be in [0, 1], got {momentum}.")
-    if not eps > 0.0:
-        raise ValueError(f"{cls_name}: `eps` must be positive, got {eps}.")
+    """`momentum` a float in [0, 1] and `eps` a positive finite float."""
+    check_float("momentum", momentum, owner=cls_name, low=0.0, high=1.0)
+    check_float("eps", eps, owner=cls_name, low=0.0, low_open=True)
+
+
+def check_channel_axis(cls_name: str, channel_axis: int) -> None:
+    """`channel_axis` an int other than 0 (axis 0 is always the batch)."""
+    if isinstance(channel_axis, bool) or not isinstance(channel_axis, int):
+        raise ValueError(
+            f"{cls_name}: `channel_axis` must be an int, got {channel_axis!r}."
+        )
+    if channel_axis == 0:
+        raise ValueError(
+            f"{cls_name}: `channel_axis=0` is the batch axis; the channels are on "
+            "another axis (default -1, the last)."
+        )

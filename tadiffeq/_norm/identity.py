@@ -5,7 +5,7 @@ from typing import ClassVar
 import equinox as eqx
 from jaxtyping import Array, ArrayLike, Float, Shaped
 
-from .base import AbstractNorm, check_num_features
+from .base import AbstractNorm, check_channel_axis, check_num_features
 
 
 class NoNorm(AbstractNorm):
@@ -26,6 +26,7 @@ class NoNorm(AbstractNorm):
 
     def __check_init__(self):
         check_num_features("NoNorm", self.num_features)
+        check_channel_axis("NoNorm", self.channel_axis)
 
     def __call__(
         self,

@@ -5,7 +5,7 @@ from typing import ClassVar
 import equinox as eqx
 from jaxtyping import Array, Float
 
-from .base import check_momentum_eps, check_num_features
+from .base import check_channel_axis, check_momentum_eps, check_num_features
 from .batchnorm import AbstractBatchNorm, init_affine
 from .time_grid import AbstractTimeGrid
 
@@ -54,6 +54,7 @@ class MiniBatchNorm(AbstractBatchNorm):
     ):
         check_num_features("MiniBatchNorm", num_features, dtype)
         check_momentum_eps("MiniBatchNorm", 0.0, eps)
+        check_channel_axis("MiniBatchNorm", channel_axis)
         self.num_features = num_features
         self.weight, self.bias = init_affine((num_features,), affine, dtype)
         self.eps = eps

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, Float, PyTree
 
+from .._misc import check_float
 from .base import AbstractNorm
 
 
@@ -17,6 +18,8 @@ def affine_penalty(tree: PyTree, weight: float = 0.1) -> Float[Array, ""]:
     layers with a time-independent affine once. Pass the part of the model to
     penalise, e.g. `model.ode.field`.
     """
+    if not hasattr(weight, "shape"):  # (an array weight, e.g. a schedule's, is not)
+        check_float("weight", weight, owner="affine_penalty", low=0.0)
     norms = [
         x
         for x in jtu.tree_leaves(tree, is_leaf=lambda x: isinstance(x, AbstractNorm))

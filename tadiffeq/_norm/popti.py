@@ -3,7 +3,7 @@
 import equinox as eqx
 from jaxtyping import Array, Float
 
-from .base import check_momentum_eps, check_num_features
+from .base import check_channel_axis, check_momentum_eps, check_num_features
 from .batchnorm import AbstractBatchNorm, init_affine, init_running_statistics
 from .time_grid import AbstractTimeGrid
 
@@ -59,6 +59,7 @@ class PopTIBatchNorm(AbstractBatchNorm):
     ):
         check_num_features("PopTIBatchNorm", num_features, dtype)
         check_momentum_eps("PopTIBatchNorm", momentum, eps)
+        check_channel_axis("PopTIBatchNorm", channel_axis)
         self.num_features = num_features
         self.weight, self.bias = init_affine((num_features,), affine, dtype)
         self.state_index = init_running_statistics((num_features,), dtype)

@@ -4,7 +4,13 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .base import check_momentum_eps, check_num_features, norm_layers
+from .._misc import check_float
+from .base import (
+    check_channel_axis,
+    check_momentum_eps,
+    check_num_features,
+    norm_layers,
+)
 from .batchnorm import AbstractBatchNorm, init_affine, init_running_statistics
 from .time_grid import AbstractTimeGrid, make_time_grid
 
@@ -145,6 +151,7 @@ class TABatchNorm(AbstractBatchNorm):
     ):
         check_num_features("TABatchNorm", num_features, dtype)
         check_momentum_eps("TABatchNorm", momentum, eps)
+        check_channel_axis("TABatchNorm", channel_axis)
         if not isinstance(coverage_aware, bool):
             raise TypeError(
                 f"TABatchNorm: `coverage_aware` must be a bool, got {coverage_aware!r}."
@@ -155,10 +162,11 @@ class TABatchNorm(AbstractBatchNorm):
             raise ValueError(
                 "TABatchNorm: `min_coverage` only applies with `coverage_aware=True`."
             )
-        elif not 0.0 < min_coverage <= 1.0:
-            raise ValueError(
-                f"TABatchNorm: `min_coverage` must be in (0, 1], got {min_coverage}."
-            )
+        else:
+            check_float(
+                "min_coverage", min_coverage, owner="TABatchNorm", low=0.0, high=1.0,
+                low_open=True,
+            )  # fmt: skip
         if isinstance(interpolation, AbstractTimeGrid):
             grid = interpolation
         else:

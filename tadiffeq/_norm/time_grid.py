@@ -16,7 +16,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-from .._misc import check_scalar_time
+from .._misc import check_float, check_scalar_time
 
 
 def _check_interval(t0: float, t1: float, num_intervals: int) -> None:
@@ -30,8 +30,8 @@ def _check_interval(t0: float, t1: float, num_intervals: int) -> None:
             f"`num_intervals` (M, the number of grid intervals) must be >= 1, got "
             f"{num_intervals}."
         )
-    if not (math.isfinite(t0) and math.isfinite(t1)):
-        raise ValueError(f"`t0` and `t1` must be finite, got t0={t0}, t1={t1}.")
+    check_float("t0", t0)
+    check_float("t1", t1)
     if not t0 < t1:
         raise ValueError(f"Need `t0 < t1` for a time grid, got t0={t0}, t1={t1}.")
 
@@ -219,6 +219,7 @@ def make_time_grid(
             f"Unknown `interpolation` {interpolation!r}; expected one of "
             f"{sorted(_GRIDS)}."
         ) from None
+    _check_interval(t0, t1, num_intervals)
     if cls is GaussianTimeGrid:
         _check_width(width, width_name)
         return GaussianTimeGrid(float(t0), float(t1), num_intervals, width)

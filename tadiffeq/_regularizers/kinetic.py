@@ -10,6 +10,7 @@ import jax.tree_util as jtu
 from jaxtyping import Array
 
 from .._custom_types import Scalar, Y
+from .._misc import check_float
 from .base import AbstractRegularizer, Plan, SolveResult, SolveSpec
 
 
@@ -58,6 +59,10 @@ class RNODE(AbstractRegularizer):
 
     kinetic_weight: float = eqx.field(static=True, default=1.0)
     jacobian_weight: float = eqx.field(static=True, default=1.0)
+
+    def __check_init__(self):
+        for name in ("kinetic_weight", "jacobian_weight"):
+            check_float(name, getattr(self, name), owner="RNODE", low=0.0)
 
     def plan(self, *, spec: SolveSpec, y0: Y, key) -> Plan:
         leaves = jtu.tree_leaves(y0)

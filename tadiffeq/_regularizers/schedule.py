@@ -1,8 +1,8 @@
 """Regularization weight schedules (optax schedules)."""
 
-import math
-
 import optax
+
+from .._misc import check_float, check_positive_int
 
 
 def regularization_schedule(
@@ -12,16 +12,15 @@ def regularization_schedule(
     `initial` if `final` is `None`, else an exponential decay from `initial` at step 0
     to `final` at `num_steps` (held there afterwards), as Pal et al. (2021, 2023) use.
     """
-    if not (initial >= 0 and math.isfinite(initial)):
-        raise ValueError(f"`initial` must be a finite weight >= 0, got {initial}.")
+    check_float("initial", initial, low=0.0)
     if final is None:
         return optax.constant_schedule(initial)
-    if not final > 0 or not initial > 0:
-        raise ValueError(
-            f"An exponential decay needs positive weights, got {initial} -> {final}."
-        )
-    if num_steps is None or num_steps < 1:
-        raise ValueError(f"`num_steps` must be a positive int, got {num_steps!r}.")
+    # An exponential decay needs positive weights at both ends.
+    check_float("initial", initial, low=0.0, low_open=True)
+    check_float("final", final, low=0.0, low_open=True)
+    if num_steps is None:
+        raise ValueError("`num_steps` must be a positive int when `final` is given.")
+    check_positive_int("num_steps", num_steps)
     return optax.exponential_decay(
         init_value=initial,
         transition_steps=num_steps,

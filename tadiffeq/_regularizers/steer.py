@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from .._custom_types import Scalar
+from .._misc import check_float
 from .._solver.stateful import time_dtype
 from .base import AbstractRegularizer, Plan, SolveResult, SolveSpec
 
@@ -35,8 +36,7 @@ class STEER(AbstractRegularizer):
     b: float = eqx.field(static=True)
 
     def __check_init__(self):
-        if not self.b > 0:
-            raise ValueError(f"STEER: `b` must be positive, got {self.b}.")
+        check_float("b", self.b, owner="STEER", low=0.0, low_open=True)
 
     def plan(self, *, spec: SolveSpec, y0, key) -> Plan:
         del y0

@@ -1,13 +1,14 @@
 """diffrax step-size controllers as tadiffeq reads them: the PID controller inside
 wrappers (e.g. `ClipStepSizeController`), and its tolerances checked."""
 
-import math
 from collections.abc import Callable
 from typing import cast
 
 import diffrax as dfx
 import equinox as eqx
 import optimistix as optx
+
+from .._misc import check_float
 
 
 def pid_controller(controller) -> dfx.PIDController | None:
@@ -41,9 +42,9 @@ def check_tolerances(owner: str, rtol, atol) -> None:
     for name, value in (("rtol", rtol), ("atol", atol)):
         if value is None or getattr(value, "ndim", 0) != 0:
             continue
-        v = float(value)
-        if not (math.isfinite(v) and v >= 0):
-            raise ValueError(f"{owner}: `{name}` must be finite and >= 0, got {v}.")
+        if hasattr(value, "ndim"):  # a 0-d array: its value
+            value = float(value)
+        v = check_float(name, value, owner=owner, low=0.0)
         given[name] = v
     if given.get("rtol") == 0 and given.get("atol") == 0:
         raise ValueError(

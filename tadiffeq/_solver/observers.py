@@ -20,6 +20,8 @@ import optimistix as optx
 from jaxtyping import Array, Int, PRNGKeyArray, PyTree
 
 from .._custom_types import Scalar, Y
+from .._misc import check_choice, check_float
+from .controllers import check_tolerances
 from .estimates import scaled_error, stiffness_estimate
 from .tableau import RKTableau
 
@@ -126,6 +128,14 @@ class StepAccumulator(AbstractStepObserver):
     atol: float = eqx.field(static=True, default=1e-3)
     stability_size: float = eqx.field(static=True, default=1.0)
     norm: Any = optx.rms_norm
+
+    def __check_init__(self):
+        check_choice("kind", self.kind, ("error", "stiffness"), owner="StepAccumulator")
+        check_tolerances("StepAccumulator", self.rtol, self.atol)
+        check_float(
+            "stability_size", self.stability_size, owner="StepAccumulator", low=0.0,
+            low_open=True,
+        )  # fmt: skip
 
     def init(self, t0, y0):
         zero = jnp.zeros((), jnp.result_type(*jtu.tree_leaves(y0), float))

@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from .._misc import check_float, check_int
+
 
 def _check_images(name: str, images) -> None:
     if images.ndim != 4:
@@ -195,8 +197,20 @@ class ImageAugmentation(eqx.Module):
         erasing_probability: float = 0.5,
         erasing_value: float = 0.0,
     ):
-        self.crop_padding = crop_padding
-        fill = np.ravel(np.asarray(crop_fill, dtype=float))
+        self.crop_padding = check_int("crop_padding", crop_padding, minimum=0)
+        for name, p in (
+            ("flip_probability", flip_probability),
+            ("erasing_probability", erasing_probability),
+        ):
+            check_float(name, p, owner="ImageAugmentation", low=0.0, high=1.0)
+        check_float("erasing_value", erasing_value, owner="ImageAugmentation")
+        fill = np.ravel(np.asarray(crop_fill))
+        if fill.dtype.kind not in "biuf":
+            raise ValueError(
+                f"`crop_fill` must be a finite number or one per channel, got "
+                f"{crop_fill!r}."
+            )
+        fill = fill.astype(float)
         if fill.size < 1 or not np.isfinite(fill).all():
             raise ValueError(
                 "`crop_fill` must be a finite number or one per channel, got "

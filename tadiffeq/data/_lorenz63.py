@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._misc import check_float
 from ..dynamics._lorenz import Lorenz63
 from ._paths import cache_dir, dataset_dir
 
@@ -103,8 +104,9 @@ def generate_lorenz63(
     if isinstance(n, bool) or not (isinstance(n, int) and n >= 2):
         raise ValueError(f"`n` must be an int >= 2, got {n!r}.")
     for name, value in (("dt", dt), ("rtol", rtol), ("atol", atol)):
-        if not value > 0:
-            raise ValueError(f"`{name}` must be positive, got {value}.")
+        check_float(name, value, low=0.0, low_open=True)
+    for name, value in (("sigma", sigma), ("rho", rho), ("beta", beta)):
+        check_float(name, value)
     x0 = np.asarray(x0, dtype=np.float64)
     if x0.shape[-1:] != (3,) or x0.ndim > 2:
         raise ValueError(f"`x0` must have shape (3,) or (batch, 3), got {x0.shape}.")

@@ -8,6 +8,7 @@ import struct
 
 import numpy as np
 
+from .._misc import check_positive_int
 from ._paths import dataset_dir
 
 
@@ -77,7 +78,13 @@ def load_mnist_idx(
             raise FileNotFoundError(
                 "No MNIST IDX files found; set TADIFFEQ_MNIST_DIR or pass `directory`."
             )
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(
+            f"`directory` must be a path (str or os.PathLike), got {directory!r}."
+        )
     directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"`directory` {str(directory)!r} is not a folder.")
     images = read_idx(directory / _FILES[split][0])
     labels = read_idx(directory / _FILES[split][1])
     if images.ndim != 3 or labels.shape != images.shape[:1]:
@@ -100,6 +107,7 @@ def mnist_offline_split(
     the first `num_train` (default 8,000) images for training, the rest (2,000) for
     evaluation. Images are float32 `(N, 28, 28, 1)`, normalised with the MNIST mean
     and std; labels int32."""
+    check_positive_int("num_train", num_train)
     images, labels = load_mnist_idx(directory, "test")
     if not 0 < num_train < len(images):
         raise ValueError(f"`num_train` must be in (0, {len(images)}), got {num_train}.")

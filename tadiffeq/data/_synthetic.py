@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from .._misc import check_float, check_int, check_positive_int
+
 
 def synthetic_digits(
     num_train: int = 4000,
@@ -19,8 +21,14 @@ def synthetic_digits(
     Returns `{"train": (x, y), "test": (x, y)}` with x float32 `(N, size, size, 1)`
     standardised to zero mean and unit variance, y int32.
     """
-    if size < 6:
-        raise ValueError(f"`size` must be at least 6, got {size}.")
+    for name, value in (
+        ("num_train", num_train),
+        ("num_test", num_test),
+        ("num_classes", num_classes),
+    ):
+        check_positive_int(name, value)
+    check_int("size", size, minimum=6)
+    check_float("noise", noise, low=0.0)
     rng = np.random.default_rng(seed)
     grid = np.stack(np.meshgrid(np.arange(size), np.arange(size), indexing="ij"), -1)
     prototypes = []

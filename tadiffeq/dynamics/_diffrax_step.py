@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from .._misc import check_float, check_positive_int
 from ._onestep import AbstractOneStep, BatchField, check_batch, OneStepInfo
 
 
@@ -66,12 +67,11 @@ class DiffraxStep(AbstractOneStep):
                 f"`solver` must be one of {sorted(_SOLVERS)}, got {self.solver!r}."
             )
         for name in ("rtol", "atol", "h"):
-            if not getattr(self, name) > 0:
-                raise ValueError(
-                    f"`{name}` must be positive, got {getattr(self, name)}."
-                )
-        if self.dt0 is not None and not 0 < self.dt0:
-            raise ValueError(f"`dt0` must be positive or None, got {self.dt0}.")
+            check_float(name, getattr(self, name), owner="DiffraxStep", low=0.0,
+                        low_open=True)  # fmt: skip
+        if self.dt0 is not None:
+            check_float("dt0", self.dt0, owner="DiffraxStep", low=0.0, low_open=True)
+        check_positive_int("max_steps", self.max_steps, owner="DiffraxStep")
 
     def __call__(
         self,

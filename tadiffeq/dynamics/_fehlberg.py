@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._misc import check_positive_int
+from .._misc import check_float, check_positive_int
 from ._onestep import AbstractOneStep, BatchField, check_batch, OneStepInfo
 
 
@@ -100,10 +100,8 @@ class FehlbergStep(AbstractOneStep):
         if self.mode not in _MODES:
             raise ValueError(f"`mode` must be one of {_MODES}, got {self.mode!r}.")
         for name in ("eps", "h", "safety"):
-            if not getattr(self, name) > 0:
-                raise ValueError(
-                    f"`{name}` must be positive, got {getattr(self, name)}."
-                )
+            check_float(name, getattr(self, name), owner="FehlbergStep", low=0.0,
+                        low_open=True)  # fmt: skip
         check_positive_int("max_substeps", self.max_substeps)
 
     def __call__(

@@ -1,8 +1,12 @@
 """The Lorenz'63 vector field."""
 
+import math
+
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
+
+from .._misc import check_float
 
 
 #: Largest Lyapunov exponent of Lorenz'63 at sigma = 10, rho = 28, beta = 8/3, per
@@ -46,6 +50,14 @@ class Lorenz63(eqx.Module):
     rho: float | Array = 28.0
     beta: float | Array = 8.0 / 3.0
     time_scale: float | Array = 1.0
+
+    def __check_init__(self):
+        # Python numbers are checked; arrays (traced or trained parameters) are not.
+        for name in ("sigma", "rho", "beta", "time_scale"):
+            value = getattr(self, name)
+            if not hasattr(value, "shape"):
+                low = 0.0 if name == "time_scale" else -math.inf
+                check_float(name, value, owner="Lorenz63", low=low, low_open=True)
 
     def __call__(self, x: Float[Array, "*batch 3"]) -> Float[Array, "*batch 3"]:
         if x.shape[-1:] != (3,):

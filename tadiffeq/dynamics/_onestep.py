@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from .._misc import check_positive_int
+from .._misc import check_float, check_positive_int
 
 
 #: A batched autonomous vector field: `(batch, dim) -> (batch, dim)`.
@@ -92,8 +92,7 @@ class RK4Step(AbstractOneStep):
     num_substeps: int = eqx.field(static=True, default=1)
 
     def __check_init__(self):
-        if not self.h > 0:
-            raise ValueError(f"`h` must be positive, got {self.h}.")
+        check_float("h", self.h, owner="RK4Step", low=0.0, low_open=True)
         check_positive_int("num_substeps", self.num_substeps)
 
     def __call__(
