@@ -41,6 +41,7 @@ import math
 import multiprocessing as mp
 import os
 import pathlib
+import re
 import shutil
 import sys
 import tempfile
@@ -604,6 +605,14 @@ def all_probes(only: str | None = None) -> list[Probe]:
     return [p for p in probes if only is None or only in p.api]
 
 
+def _names(text: str, argument: str) -> bool:
+    """Whether `text` names `argument` as a word (`channels` is not named by
+    `in_channels`, nor `key` by "PRNG key type" unless written `key`)."""
+    if argument == "key":  # the word is too common: the argument must be quoted
+        return "`key" in text
+    return re.search(rf"(?<![\w-]){re.escape(argument)}(?![\w])", text) is not None
+
+
 def classify(probe: Probe) -> tuple[str, str]:
     """`(outcome, message)` of running `probe` here."""
     import jax
@@ -620,10 +629,10 @@ def classify(probe: Probe) -> tuple[str, str]:
         text = message[0]
         if "unrecognized arguments" in text:
             raise AssertionError(f"the probe's flag does not exist: {text}") from e
-        return ("clear" if probe.argument in text else "unclear"), text
+        return ("clear" if _names(text, probe.argument) else "unclear"), text
     except BaseException as e:
         text = f"{type(e).__name__}: {e}".split("\n-----")[0]
-        named = probe.argument in text or (
+        named = _names(text, probe.argument) or (
             probe.family == "checkpoint" and "checkpoint" in text.lower()
         )
         return ("clear" if named else "unclear"), text[:300]

@@ -269,6 +269,10 @@ class NeuralSDE(AbstractNeuralDE):
                 "NeuralSDE's solve (LocalRegularizer and GlobalRegularizer, "
                 "kind='error', do)."
             )
+        if key is None:
+            raise ValueError(
+                "NeuralSDE draws its Brownian motion from `key`: pass `key=`."
+            )
         bm_key, reg_key = jax.random.split(key)
         plan_key, noise_key = jax.random.split(reg_key)
         y1, state, stats = self._solve(

@@ -141,6 +141,8 @@ CONSTRUCTION = [
     ("mnist_offline_split directory not a folder",
      lambda: tdd.mnist_offline_split("/nonexistent"),
      FileNotFoundError, "`directory`"),
+    ("UNetField channels=0 (named, not TimeConv2d's in_channels)",
+     lambda: td.UNetField(0, (4, 8), key=K), ValueError, "UNetField: `channels`"),
     ("DiffraxStep max_steps=0", lambda: tdy.DiffraxStep(max_steps=0),
      ValueError, "`max_steps`"),
     ("Lorenz63 time_scale=0", lambda: tdy.Lorenz63(time_scale=0.0),
@@ -183,6 +185,10 @@ CALLS = [
     ("state of a wider model", lambda: _tabn((4,))[0](x3, _tabn((5,))[1]),
      ValueError, r"entry for 'NeuralODE.field.norms\[0\].state_index' has shapes "
      r"\[\(101, 5\), \(101, 5\)\], but the layer holds \[\(101, 4\)"),
+    ("NeuralSDE without a key",
+     lambda: td.NeuralSDE(lambda t, y, s: (-y, s), lambda t, y, s: (y, s))(
+         x3, eqx.nn.State(lambda: None), key=None),
+     (ValueError, TypeError), r"Brownian motion from `key`|parameter 'key'"),
     ("LatentODE NaN at an observed value",
      lambda: _latent(jnp.ones((2, 3, 3)).at[0, 0, 0].set(jnp.nan), jnp.ones((2, 3, 3))),
      Exception, "LatentODE: `values` holds NaN or inf at an observed entry"),

@@ -265,7 +265,7 @@ def test_classifier_errors(getkey):
 def test_field_errors(getkey):
     with pytest.raises(ValueError, match="`depth` must be one of"):
         td.ConvField(3, 5, key=getkey())
-    with pytest.raises(ValueError, match="Unknown normalisation name 'bn'"):
+    with pytest.raises(ValueError, match="`norm` must be one of .*got 'bn'"):
         td.ConvField(3, 4, norm="bn", key=getkey())
     with pytest.raises(ValueError, match="`activation`"):
         td.MLPField(3, activation="swishy", key=getkey())

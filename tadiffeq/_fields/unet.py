@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from .._misc import check_positive_int
 from .._norm.factory import NormSpec, resolve_norm
 from .conv import TimeConv2d
 from .conv_field import check_image_state, TimeConvBlock
@@ -62,7 +63,12 @@ class UNetField(AbstractVectorField):
         key: PRNGKeyArray,
         dtype=None,
     ):
+        check_positive_int("channels", channels, owner="UNetField")
+        if out_channels is not None:
+            check_positive_int("out_channels", out_channels, owner="UNetField")
         widths = tuple(widths)
+        for width in widths:
+            check_positive_int("widths", width, owner="UNetField")
         if len(widths) < 2:
             raise ValueError(f"`widths` needs at least two levels, got {widths}.")
         keys = iter(jax.random.split(key, 3 * len(widths) * 2))

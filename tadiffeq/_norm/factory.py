@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 
+from .._misc import check_choice
 from .base import AbstractNorm
 from .identity import NoNorm
 from .minibatch import MiniBatchNorm
@@ -123,6 +124,7 @@ def resolve_norm(
     """A layer from a name (with `norm_kwargs` for `make_norm`) or from a callable
     `num_features -> AbstractNorm`."""
     if isinstance(norm, str):
+        check_choice("norm", norm, NORM_NAMES)
         return make_norm(norm, num_features, **(norm_kwargs or {}))
     if callable(norm):
         if norm_kwargs:
