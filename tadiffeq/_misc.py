@@ -4,6 +4,7 @@ raising an error that names the argument (and its owner, where given)."""
 import math
 import numbers
 
+import jax
 import jax.numpy as jnp
 
 
@@ -45,8 +46,17 @@ def check_float(
 ) -> float:
     """`value` as a finite float in the interval from `low` to `high` (open at an end
     with `low_open`/`high_open`), else a `ValueError` naming the argument. Strings,
-    bools, NaN and infinities are refused; an array of one element is not a float
-    here either (the callers take Python numbers)."""
+    bools, NaN and infinities are refused; a 0-d NumPy or JAX array counts as its
+    number; a traced value (under `jit`/`vmap`) is returned unchecked."""
+    if isinstance(value, jax.core.Tracer):
+        return value  # a traced argument (under jit/vmap) cannot be checked here
+    if hasattr(value, "shape") and not isinstance(value, numbers.Real):
+        if jnp.shape(value) != ():
+            raise ValueError(
+                f"{_prefix(owner)}`{name}` must be a scalar, got shape "
+                f"{jnp.shape(value)}."
+            )
+        value = value.item()  # a 0-d NumPy or JAX array: its number
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     v = float(value) if ok else math.nan
     ok = ok and math.isfinite(v)
