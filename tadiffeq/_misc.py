@@ -4,7 +4,7 @@ raising an error that names the argument (and its owner, where given)."""
 import math
 import numbers
 
-import jax
+import jax.core
 import jax.numpy as jnp
 
 
