@@ -49,7 +49,8 @@ def check_float(
     bools, NaN and infinities are refused; a 0-d NumPy or JAX array counts as its
     number; a traced value (under `jit`/`vmap`) is returned unchecked."""
     if isinstance(value, jax.core.Tracer):
-        return value  # a traced argument (under jit/vmap) cannot be checked here
+        # A traced argument (under jit/vmap) cannot be checked here: passed through.
+        return value  # pyright: ignore[reportReturnType]
     if hasattr(value, "shape") and not isinstance(value, numbers.Real):
         if jnp.shape(value) != ():
             raise ValueError(
