@@ -154,6 +154,12 @@ class NeuralSDE(AbstractNeuralDE):
         t0, t1, dt0 = check_solve_arguments(
             solver, stepsize_controller, t0=t0, t1=t1, dt0=dt0, max_steps=max_steps
         )
+        if not RKTableau.of(solver).has_error_estimate:
+            raise ValueError(
+                f"`solver={type(solver).__name__}()` has no error estimate; NeuralSDE "
+                "needs one for its local step and its Stratonovich solve (use "
+                "diffrax.Heun(), also with a constant step size)."
+            )
         for name, field in (("drift", drift), ("diffusion", diffusion)):
             if not callable(field):
                 raise TypeError(f"`{name}` must be callable.")

@@ -267,3 +267,27 @@ def test_scalar_arrays_count_as_numbers():
     """)
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_state_checks_refuse_nothing_legitimate():
+    """A NeuralODE inside a user's model whose class shares its name, beside another
+    stateful layer, takes the whole model's state (only the model the state was made
+    for counts arrays); an SDE solver without an error estimate is refused also with
+    a constant step size (it would silently solve in the Ito sense)."""
+
+    class NeuralODE(eqx.Module):  # the user's own class, named like tadiffeq's
+        node: td.NeuralODE
+        extra: td.TABatchNorm
+
+        def __init__(self):
+            self.node = td.NeuralODE(td.MLPField(3, (4,), norm="tabn", key=K))
+            self.extra = td.TABatchNorm(3)
+
+    outer, state = eqx.nn.make_with_state(NeuralODE)()
+    _, new_state, _ = outer.node(x3, state)  # more arrays than the node's: fine
+    outer.node(x3, new_state)
+    with pytest.raises(ValueError, match="no error estimate"):
+        td.NeuralSDE(
+            lambda t, y, s: (y, s), lambda t, y, s: (y, s), solver=dfx.Euler(),
+            stepsize_controller=dfx.ConstantStepSize(), dt0=0.1,
+        )  # fmt: skip

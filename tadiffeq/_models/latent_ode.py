@@ -104,7 +104,8 @@ class LatentODE(eqx.Module):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
         check_float("obs_std", obs_std, owner="LatentODE", low=0.0, low_open=True)
-        check_float("init_logstd", init_logstd, owner="LatentODE")
+        if jnp.ndim(init_logstd) == 0:  # (a per-dimension vector is also taken)
+            check_float("init_logstd", init_logstd, owner="LatentODE")
         k_enc, k_lat, k_field, k_dec = jax.random.split(key, 4)
         self.encoder = eqx.nn.GRUCell(2 * features + 1, hidden, key=k_enc)
         to_latent = eqx.nn.Linear(hidden, 2 * latent, key=k_lat)

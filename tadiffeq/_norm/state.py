@@ -15,21 +15,24 @@ def check_state(owner: str, model, state, *, whole: bool | None = None) -> None:
     than the model's layers hold (the state of a deeper model, whose extra layers'
     entries would otherwise go unnoticed). `whole=None`: true when `model` was the
     model given to `eqx.nn.make_with_state` (equinox names every entry by its path
-    from that model, so all of them then start with `model`'s class name; a model
-    without stateful layers cannot tell and checks nothing)."""
+    from that model: each marker is then `model`'s class name followed by the
+    index's own path in `model`; a model without stateful layers checks nothing).
+    Equinox's own error for a state used twice passes through unchanged."""
     if not isinstance(state, eqx.nn.State):
         raise TypeError(
             f"{owner}: `state` must be the model's eqx.nn.State (from "
             f"eqx.nn.make_with_state), got {type(state).__name__}."
         )
     is_index = lambda x: isinstance(x, eqx.nn.StateIndex)
-    indices = [i for i in jax.tree.leaves(model, is_leaf=is_index) if is_index(i)]
+    leaves = jax.tree_util.tree_flatten_with_path(model, is_leaf=is_index)[0]
+    located = [(path, i) for path, i in leaves if is_index(i)]
+    indices = [i for _, i in located]
     name = lambda i: i.marker if isinstance(i.marker, str) else "a stateful layer"
     held = 0
     for index in indices:
         try:
             held += len(jax.tree.leaves(state.get(index)))
-        except Exception as e:  # equinox's own error for an unknown index
+        except KeyError as e:  # an index this state does not hold
             raise ValueError(
                 f"{owner}: `state` holds no entry for {name(index)!r}: it is the "
                 "state of another model; build the model and its state together with "
@@ -46,9 +49,9 @@ def check_state(owner: str, model, state, *, whole: bool | None = None) -> None:
                     f"but the layer holds {want}: it is the state of another model."
                 )
     if whole is None:
-        prefix = type(model).__name__ + "."
-        whole = bool(indices) and all(
-            isinstance(i.marker, str) and i.marker.startswith(prefix) for i in indices
+        root = type(model).__name__
+        whole = bool(located) and all(
+            i.marker == root + jax.tree_util.keystr(path) for path, i in located
         )
     total = len(jax.tree.leaves(state))
     if whole and total != held:

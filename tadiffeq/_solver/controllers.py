@@ -6,6 +6,7 @@ from typing import cast
 
 import diffrax as dfx
 import equinox as eqx
+import jax.core
 import optimistix as optx
 
 from .._misc import check_float
@@ -42,9 +43,9 @@ def check_tolerances(owner: str, rtol, atol) -> None:
     for name, value in (("rtol", rtol), ("atol", atol)):
         if value is None or getattr(value, "ndim", 0) != 0:
             continue
-        if hasattr(value, "ndim"):  # a 0-d array: its value
-            value = float(value)
-        v = check_float(name, value, owner=owner, low=0.0)
+        v = check_float(name, value, owner=owner, low=0.0)  # (0-d arrays: their value)
+        if isinstance(v, jax.core.Tracer):
+            continue  # traced (a tolerance under jit): diffrax's to check
         given[name] = v
     if given.get("rtol") == 0 and given.get("atol") == 0:
         raise ValueError(
