@@ -256,8 +256,7 @@ def conv2d(
         )
     pad = tuple(padding)
     for name, value in (("stride", stride), ("dilation", dilation)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"conv2d: `{name}` must be a positive int, got {value!r}.")
+        check_positive_int(name, value, owner="conv2d")
     if len(pad) != 2 or any(not isinstance(p, int) or p < 0 for p in pad):
         raise ValueError(
             f"conv2d: `padding` must be (low, high) non-negative ints, got {pad}."

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from .._fields.mlp import MLPField
-from .._misc import check_float
+from .._misc import check_float, check_positive_int
 from .._neural_de import SolveStats
 from .._neural_ode import NeuralODE
 from .._norm.state import check_state
@@ -101,8 +101,7 @@ class LatentODE(eqx.Module):
             ("latent", latent),
             ("hidden", hidden),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+            check_positive_int(name, value)
         check_float("obs_std", obs_std, owner="LatentODE", low=0.0, low_open=True)
         if jnp.ndim(init_logstd) == 0:  # (a per-dimension vector is also taken)
             check_float("init_logstd", init_logstd, owner="LatentODE")

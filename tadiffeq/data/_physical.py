@@ -22,7 +22,6 @@ the default N = 8.
 
 import hashlib
 import json
-import math
 import os
 import pathlib
 from typing import Any
@@ -33,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
+
+from .._misc import check_float, check_int
 
 
 _VERSION = 1  # bump when the generator's output changes for the same arguments
@@ -106,17 +107,10 @@ def _integrate(y0, ts, params, rtol: float, atol: float, max_steps: int):
 
 
 def _check(name: str, value, *, positive: bool = False, integer: bool = False, low=0):
+    """An int >= `low` (`integer`), else a finite float >= 0 (> 0 if `positive`)."""
     if integer:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}.")
-        return value
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"`{name}` must be a number, got {value!r}.")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        kind = "positive" if positive else "non-negative"
-        raise ValueError(f"`{name}` must be finite and {kind}, got {value!r}.")
-    return value
+        return check_int(name, value, minimum=low)
+    return check_float(name, value, low=0.0, low_open=positive)
 
 
 def generate_pendulum_chain(

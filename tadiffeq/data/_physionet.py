@@ -8,6 +8,8 @@ import pathlib
 
 import numpy as np
 
+from .._misc import check_positive_int
+
 
 #: The 37 time-varying parameters kept, in this order (the feature axis). They are
 #: Rubanova et al. (2019)'s 41 PhysioNet parameters without the four static
@@ -299,8 +301,7 @@ def generate_physionet(
     **Returns:** `directory`, as a `pathlib.Path`.
     """
     for name, value in (("num_patients", num_patients), ("latent_dim", latent_dim)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+        check_positive_int(name, value)
     if latent_dim % 2:
         raise ValueError(f"`latent_dim` must be even (pairs), got {latent_dim}.")
     if not (mean_events > 0 and math.isfinite(mean_events)):
