@@ -487,6 +487,8 @@ SCRIPT_FLAGS = {
             "--horizon": ["0"],
             "--hidden": ["0"],
             "--checkpoint-every": ["0"],
+            "--stall-window": ["-1", "7"],
+            "--min-improvement": ["0", "1.5", "nan"],
         },
     ),
 }

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import SHARED
 
+import tadiffeq as td
 import tadiffeq.dynamics as tdd
 from tadiffeq.data import generate_lorenz63, load_lorenz63
 from tadiffeq.dynamics import LORENZ63_LYAPUNOV_EXPONENT
@@ -554,3 +555,39 @@ def test_rollout_loss_by_hand(solver):
         errors.append(float(jnp.mean((y - w3[:, k]) ** 2)))
     np.testing.assert_allclose(float(three), np.mean(errors), rtol=1e-12)
     assert errors[2] > errors[0]  # errors compound along the rollout
+
+
+def test_stopping_rule_by_hand():
+    """`stalled` holds at a multiple of the window where the loss fell by less than
+    the fraction asked for over the window, and nowhere else."""
+    from experiments import lorenz63
+
+    h = dict(iteration=[0, 100, 200, 300], loss=[1.0, 0.5, 0.496, 0.4])
+    rule = functools.partial(lorenz63.stalled, min_improvement=0.01)
+    assert not rule(h, 0)  # off
+    assert not rule(h, 100)  # 0.5 -> 0.4 at 300: 20% better
+    assert rule(dict(iteration=h["iteration"][:3], loss=h["loss"][:3]), 100)  # 0.8%
+    assert not rule(dict(iteration=h["iteration"][:3], loss=h["loss"][:3]), 150)
+    assert not rule(dict(iteration=[0, 100], loss=[1.0, 1.0]), 200)  # too early
+    assert rule(dict(iteration=[0, 100, 200], loss=[1.0, 1.0, 0.995]), 200)
+
+
+def test_stopping_rule_ends_and_resumes_a_run(tmp_path, capsys):
+    """A run the rule stops ends checkpointed at that iteration; run again, it
+    trains no further, and reports where it ended."""
+    from experiments import lorenz63
+
+    x = np.asarray(generate_lorenz63(60, 0.01, np.array([1.0, 1.0, 20.0])))
+    cfg = lorenz63.LorenzConfig(
+        solver="rk4", iterations=50, hidden=8, stall_window=2, min_improvement=0.999
+    )
+    kw = dict(checkpoint_every=10, log_every=2, log=print)
+    mlp, history = lorenz63.train(cfg, x, tmp_path, **kw)
+    assert history["iteration"] == [0, 2]
+    assert "stopped at iteration 2" in capsys.readouterr().out
+    assert td.Checkpointer(tmp_path / "checkpoint").latest()[0] == 2
+    again, history2 = lorenz63.train(cfg, x, tmp_path, **kw)
+    assert history2["iteration"] == [0, 2] and len(history2["evals"]) == 2
+    assert eqx.tree_equal(again, mlp)
+    with pytest.raises(ValueError, match="`log_every` .* must divide `stall_window`"):
+        lorenz63.train(cfg, x, tmp_path / "b", **{**kw, "log_every": 3})

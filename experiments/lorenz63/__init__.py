@@ -63,5 +63,6 @@ from .training import (
     one_step_loss as one_step_loss,
     rollout_loss as rollout_loss,
     rollout_windows as rollout_windows,
+    stalled as stalled,
     train as train,
 )

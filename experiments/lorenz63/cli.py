@@ -14,7 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..common import positive_float, positive_int, print_table, write_json
+from ..common import (
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    print_table,
+    write_json,
+)
 from .config import AUTHORS, LorenzConfig, SOLVERS
 from .evaluation import evaluate, paired_comparisons, references
 from .figures import plot_model, plot_summary
@@ -72,6 +78,7 @@ def run(
     return _evaluate_and_save(
         cfg, mlp, train_x, test_x, out, refs=refs, figures=figures, log=log,
         train_loss=history["loss"][-1],
+        iterations_trained=history["iteration"][-1],
         training_final=history["train"][-1],
         training_mean_acceptance=float(
             np.mean([s["acceptance"] for s in history["train"]])
@@ -182,6 +189,16 @@ def main(argv=None):
         )  # fmt: skip
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--threshold", type=positive_float, default=defaults.threshold)
+    parser.add_argument(
+        "--stall-window", type=nonnegative_int, default=defaults.stall_window,
+        help="stopping rule: stop at the first multiple of this many iterations where "
+        "the training MSE fell by less than --min-improvement over the last window "
+        "(0: off, train for --iterations); a multiple of --log-every",
+    )  # fmt: skip
+    parser.add_argument(
+        "--min-improvement", type=positive_float, default=defaults.min_improvement,
+        help="the stopping rule's relative improvement, in (0, 1)",
+    )  # fmt: skip
     parser.add_argument("--data", default="shared", choices=["shared", "generated"])
     parser.add_argument(
         "--data-dir", default=None, help="the study's files (default: shared data)"
@@ -193,6 +210,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.rollout < 1:
         parser.error(f"--rollout must be >= 1, got {args.rollout}")
+    if args.min_improvement >= 1:
+        parser.error(f"--min-improvement must be < 1, got {args.min_improvement}")
+    if args.stall_window % args.log_every:
+        parser.error(
+            f"--stall-window ({args.stall_window}) must be a multiple of --log-every "
+            f"({args.log_every}): the stopping rule reads the recorded losses"
+        )
     names = [] if args.solvers in ("", "none") else args.solvers.split(",")
     for name in names:
         if name not in SOLVERS:
@@ -214,6 +238,7 @@ def main(argv=None):
             num_ics=args.num_ics, horizon=args.horizon, long_steps=args.long_steps,
             lyap_steps=args.lyap_steps, n_points=args.n_points, hidden=args.hidden,
             threshold=args.threshold, data=args.data, rollout=args.rollout,
+            stall_window=args.stall_window, min_improvement=args.min_improvement,
         )  # fmt: skip
 
     def refs():  # computed once, when a model is first evaluated (solver-free)
@@ -249,8 +274,8 @@ def main(argv=None):
         plot_summary(rows, truth_row, out)
     table = [
         dict(
-            solver=r["solver"], train_mse=f"{r['train_loss']:.2e}",
-            test_mse=f"{r['test_mse']:.2e}",
+            solver=r["solver"], its=r.get("iterations_trained", ""),
+            train_mse=f"{r['train_loss']:.2e}", test_mse=f"{r['test_mse']:.2e}",
             train_acc=r["training_final"]["acceptance"],
             train_sub=r["training_final"]["mean_substeps"],
             inf_acc=r["inference_free_run"]["acceptance"],
@@ -270,7 +295,7 @@ def main(argv=None):
     print_table(
         table,
         [
-            ("solver", "solver"), ("train_mse", "train MSE"),
+            ("solver", "solver"), ("its", "iterations"), ("train_mse", "train MSE"),
             ("test_mse", "test MSE"), ("train_acc", "train acc"),
             ("train_sub", "train substeps"), ("inf_acc", "inference acc"),
             ("inf_sub", "inference substeps"), ("vpt_mean", "VPT mean"),

@@ -46,3 +46,10 @@ class LorenzConfig:
     # *prediction* (its target, for Fehlberg training, the true next point); 1 is
     # the study's one-step loss.
     rollout: int = 1
+    # The stopping rule (it ends a run, it does not change its trajectory, so it is not
+    # in TRAIN_FIELDS): stop at the first multiple of `stall_window` iterations where
+    # the training MSE (one step, from the true points) fell by less than the fraction
+    # `min_improvement` over the last `stall_window` iterations; at the latest after
+    # `iterations`. 0 turns it off.
+    stall_window: int = 0
+    min_improvement: float = 0.01

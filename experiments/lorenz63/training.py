@@ -82,11 +82,32 @@ def lbfgs_iteration(params, opt_state, static, step, optimizer, windows):
 diagnostics = eqx.filter_jit(one_step_loss)
 
 
+def stalled(history: dict, window: int, min_improvement: float) -> bool:
+    """The stopping rule of `LorenzConfig` at the last recorded iteration of
+    `history`: it is a positive multiple of `window` and the training MSE recorded
+    there is above `(1 - min_improvement)` times the one `window` iterations before.
+    `window = 0`: never."""
+    if window == 0 or not history["iteration"]:
+        return False
+    last = history["iteration"][-1]
+    if last < window or last % window:
+        return False
+    loss = dict(zip(history["iteration"], history["loss"]))
+    return loss[last] > (1.0 - min_improvement) * loss[last - window]
+
+
 def train(
     cfg: LorenzConfig, train_x, out: pathlib.Path, *, checkpoint_every, log_every, log
 ):
-    """L-BFGS on the full-batch one-step loss, resuming from `out`'s checkpoint.
-    Returns `(mlp, history)`."""
+    """L-BFGS on the full-batch one-step (or rollout) loss, resuming from `out`'s
+    checkpoint, for `cfg.iterations` or until `stalled` (checked where the loss is
+    recorded, so `log_every` must divide `cfg.stall_window`). Returns `(mlp,
+    history)`; the last entry of `history["iteration"]` is where training ended."""
+    if cfg.stall_window and cfg.stall_window % log_every:
+        raise ValueError(
+            f"`log_every` ({log_every}) must divide `stall_window` "
+            f"({cfg.stall_window}): the stopping rule reads the recorded losses."
+        )
     train_step, _ = make_steppers(cfg)
     x_prev = jnp.asarray(train_x[:-1])
     x_next = jnp.asarray(train_x[1:])
@@ -138,9 +159,16 @@ def train(
             f"{s['mean_substeps']:.2f} ({time.perf_counter() - t_start:.0f} s)"
         )
 
+    def save(step, params, opt_state):
+        history["seconds"] = time.perf_counter() - t_start
+        meta = dict(config=dataclasses.asdict(cfg), history=history)
+        ckpt.save(step, (params, opt_state), meta)
+
     if step == 0 and not history["iteration"]:
         record(0, params)
-    while step < cfg.iterations:
+    while step < cfg.iterations and not stalled(
+        history, cfg.stall_window, cfg.min_improvement
+    ):
         params, opt_state, value, evals = lbfgs_iteration(
             params, opt_state, static, train_step, optimizer, windows
         )
@@ -150,8 +178,12 @@ def train(
             raise FloatingPointError(f"[{cfg.solver}] non-finite loss at it {step}.")
         if step % log_every == 0 or step == cfg.iterations:
             record(step, params)
-        if step % checkpoint_every == 0 or step == cfg.iterations:
-            history["seconds"] = time.perf_counter() - t_start
-            meta = dict(config=dataclasses.asdict(cfg), history=history)
-            ckpt.save(step, (params, opt_state), meta)
+        done = step == cfg.iterations or (
+            history["iteration"][-1] == step
+            and stalled(history, cfg.stall_window, cfg.min_improvement)
+        )
+        if done and step < cfg.iterations:
+            log(f"  [{cfg.solver}] stopped at iteration {step}: the stopping rule")
+        if step % checkpoint_every == 0 or done:
+            save(step, params, opt_state)
     return eqx.combine(params, static), history
