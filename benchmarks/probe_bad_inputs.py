@@ -488,6 +488,7 @@ SCRIPT_FLAGS = {
             "--hidden": ["0"],
             "--checkpoint-every": ["0"],
             "--stall-window": ["-1", "7"],
+            "--long-runs": ["0"],
             "--min-improvement": ["0", "1.5", "nan"],
         },
     ),

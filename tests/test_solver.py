@@ -194,3 +194,18 @@ def test_rk_tableau_of_tsit5_is_consistent():
     assert not euler.has_error_estimate and euler.num_stages == 1
     with pytest.raises(TypeError, match="`solver` must be"):
         td.RKTableau.of(dfx.ImplicitEuler())
+
+
+def test_jax_computes_a_vmapped_reduction_right():
+    """jax 0.10.2 returns wrong sums on the CPU for a vmapped matrix-vector product
+    followed by a reduction under jit (jax-ml/jax#39103, its reproducer; pyproject.toml
+    excludes that release): with the identity, row i gives i ** 2 exactly."""
+    n = 32_769
+    i = jnp.arange(n, dtype=jnp.float32)
+    x = jnp.stack((i, jnp.zeros_like(i), jnp.zeros_like(i)), axis=1)
+    eye = jnp.eye(3, dtype=jnp.float32)
+    f = jax.vmap(lambda row: jnp.sum((eye @ row) ** 2))
+    assert float(jax.jit(f)(x)[-1]) == float((n - 1) ** 2), (
+        f"jax {jax.__version__} miscompiles a vmapped reduction on this backend "
+        "(jax-ml/jax#39103): install another release (pyproject.toml excludes 0.10.2)."
+    )

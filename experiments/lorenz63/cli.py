@@ -180,8 +180,8 @@ def main(argv=None):
         f"({', '.join(f for f, _ in AUTHORS.values())}) as rows {tuple(AUTHORS)}",
     )
     for name in (
-        "iterations", "num_ics", "horizon", "long_steps", "lyap_steps", "n_points",
-        "hidden", "rollout",
+        "iterations", "num_ics", "horizon", "long_steps", "lyap_steps", "long_runs",
+        "n_points", "hidden", "rollout",
     ):  # fmt: skip
         parser.add_argument(
             f"--{name.replace('_', '-')}", type=positive_int,
@@ -236,7 +236,8 @@ def main(argv=None):
         return LorenzConfig(
             solver=name, iterations=iterations, seed=args.seed,
             num_ics=args.num_ics, horizon=args.horizon, long_steps=args.long_steps,
-            lyap_steps=args.lyap_steps, n_points=args.n_points, hidden=args.hidden,
+            lyap_steps=args.lyap_steps, long_runs=args.long_runs,
+            n_points=args.n_points, hidden=args.hidden,
             threshold=args.threshold, data=args.data, rollout=args.rollout,
             stall_window=args.stall_window, min_improvement=args.min_improvement,
         )  # fmt: skip

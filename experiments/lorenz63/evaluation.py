@@ -23,10 +23,22 @@ rollout = eqx.filter_jit(tdd.rollout)
 
 @eqx.filter_jit
 def lyapunov(step, f, x0, n_steps: int, transient: int, dt: float):
-    """The Lyapunov spectrum of the learned map (one inference step)."""
-    return tdd.lyapunov_spectrum(
-        lambda x: step(f, x[None])[0][0], x0, n_steps, dt, transient=transient
-    )
+    """The Lyapunov spectra `(orbits, 3)` of the learned map (one inference step)
+    from each initial point of `x0` `(orbits, 3)`."""
+    return jax.vmap(
+        lambda x: tdd.lyapunov_spectrum(
+            lambda y: step(f, y[None])[0][0], x, n_steps, dt, transient=transient
+        )
+    )(x0)
+
+
+def spread(values) -> dict:
+    """Median, min and max of per-run values (NaN where a run diverged)."""
+    v = np.asarray(values, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return dict(
+            median=float(np.median(v)), min=float(np.min(v)), max=float(np.max(v))
+        )
 
 
 def evaluate(cfg: LorenzConfig, mlp, train_x, test_x, refs, log):
@@ -72,31 +84,47 @@ def evaluate(cfg: LorenzConfig, mlp, train_x, test_x, refs, log):
     row["inference_free_run"] = step_summary(
         jax.tree.map(lambda a: a.reshape(-1), run_info)
     )
-    # Lyapunov spectrum of the learned one-step map (the inference solver).
-    spectrum = lyapunov(
-        step, f, refs["lyap_x0"], cfg.lyap_steps, max(1, cfg.lyap_steps // 10), dt
-    )
-    row["lyapunov_spectrum"] = [float(v) for v in spectrum]
+    # Lyapunov spectra of the learned one-step map (the inference solver), one per
+    # long-run initial point.
+    spectra = np.asarray(
+        lyapunov(
+            step, f, jnp.asarray(refs["long_truth"][:, 0]), cfg.lyap_steps,
+            max(1, cfg.lyap_steps // 10), dt,
+        )
+    )  # fmt: skip
+    with np.errstate(invalid="ignore"):
+        row["lyapunov_spectrum"] = np.median(spectra, axis=0).tolist()
     row["lyapunov"] = row["lyapunov_spectrum"][0]
-    log(f"  [{cfg.solver}] + Lyapunov spectrum: {time.perf_counter() - t0:.0f} s")
-    # The long run's attractor statistics.
-    long_run, long_info = rollout(
-        step, f, jnp.asarray(refs["long_truth"][:1]), cfg.long_steps
+    row["lyapunov_orbits"] = spread(spectra[:, 0])
+    row["lyapunov_orbits"]["all"] = spectra[:, 0].tolist()
+    log(f"  [{cfg.solver}] + Lyapunov spectra: {time.perf_counter() - t0:.0f} s")
+    # The long runs' attractor statistics, pooled, and each run's.
+    long_runs, long_info = rollout(
+        step, f, jnp.asarray(refs["long_truth"][:, 0]), cfg.long_steps
     )
-    long_run = np.asarray(long_run[0, refs["burn_in"] :])
-    stats = tdd.attractor_statistics(long_run, ranges=refs["ranges"])
+    long_runs = np.asarray(long_runs[:, refs["burn_in"] :])
+    stats = tdd.attractor_statistics(long_runs, ranges=refs["ranges"])
+    per_run_tv = [
+        np.mean(
+            tdd.histogram_distance(
+                tdd.attractor_statistics(run, ranges=refs["ranges"]), refs["stats"]
+            )
+        )
+        for run in long_runs
+    ]
     row["attractor"] = dict(
         mean=np.asarray(stats.mean).tolist(),
         std=np.asarray(stats.std).tolist(),
         tv=np.asarray(tdd.histogram_distance(stats, refs["stats"])).tolist(),
+        tv_per_run=spread(per_run_tv),
         finite=stats.finite,
-        # the fraction of the long run outside the box of the true attractor
-        # (+-10% of its extent): near 1 for a run that blew up
+        # the fraction of the long runs outside the box of the true attractor
+        # (+-10% of its extent): near 1 for runs that blew up
         outside_fraction=float(
             np.mean(
                 ~np.all(
-                    (long_run >= refs["ranges"][:, 0])
-                    & (long_run <= refs["ranges"][:, 1]),
+                    (long_runs >= refs["ranges"][:, 0])
+                    & (long_runs <= refs["ranges"][:, 1]),
                     axis=-1,
                 )
             )
@@ -106,13 +134,14 @@ def evaluate(cfg: LorenzConfig, mlp, train_x, test_x, refs, log):
         jax.tree.map(lambda a: a.reshape(-1), long_info)
     )
     log(f"  [{cfg.solver}] + long run: {time.perf_counter() - t0:.0f} s")
-    arrays = dict(traj=traj, long_run=long_run, stats=stats)
+    arrays = dict(traj=traj, long_run=long_runs[0], stats=stats)
     return row, arrays
 
 
 def references(cfg: LorenzConfig, train_x, test_x, cache: pathlib.Path):
-    """The exact flow from the test initial conditions, a long exact run, its
-    statistics, and the true system's Lyapunov spectrum."""
+    """The exact flow from the test initial conditions, `cfg.long_runs` long exact
+    runs and their pooled statistics, and the true system's Lyapunov spectrum (the
+    median over the long runs' initial points)."""
     n_test = len(test_x)
     if cfg.horizon + 1 > n_test:
         raise ValueError(f"--horizon must be < {n_test}, got {cfg.horizon}.")
@@ -129,20 +158,34 @@ def references(cfg: LorenzConfig, train_x, test_x, cache: pathlib.Path):
     else:
         truth = generate_lorenz63(cfg.horizon + 1, cfg.dt, ics, cache_dir=cache)
     data_segments = np.stack([test_x[i : i + cfg.horizon + 1] for i in idx])
-    long_truth = generate_lorenz63(
-        cfg.long_steps + 1, cfg.dt, test_x[0], cache_dir=cache
+    # The long runs start at test points 0, n/K, 2n/K, ... (the first is test point 0).
+    long_idx = np.arange(cfg.long_runs) * (n_test // cfg.long_runs)
+    # (the first alone: a batch is solved as one system, whose steps differ)
+    long_truth = np.stack(
+        [generate_lorenz63(cfg.long_steps + 1, cfg.dt, test_x[0], cache_dir=cache)]
+        + (
+            list(
+                generate_lorenz63(
+                    cfg.long_steps + 1, cfg.dt, test_x[long_idx[1:]], cache_dir=cache
+                ).reshape(-1, cfg.long_steps + 1, 3)
+            )
+            if cfg.long_runs > 1
+            else []
+        )
     )
     burn_in = min(1000, cfg.long_steps // 10)
-    attractor = long_truth[burn_in:]
-    scale = float(tdd.attractor_scale(attractor))
-    lo, hi = attractor.min(0), attractor.max(0)
+    attractor = long_truth[:, burn_in:]
+    # The scale and the histograms' box from the first run (as with one run), the
+    # statistics pooled over all.
+    scale = float(tdd.attractor_scale(attractor[0]))
+    lo, hi = attractor[0].min(0), attractor[0].max(0)
     ranges = np.stack([lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo)], -1)
     stats = tdd.attractor_statistics(attractor, ranges=ranges)
     rk4 = tdd.RK4Step()
     lorenz = tdd.Lorenz63(time_scale=cfg.dt)
-    true_spectrum = tdd.lyapunov_spectrum(
-        lambda x: rk4(lorenz, x[None])[0][0], jnp.asarray(test_x[0]),
-        cfg.lyap_steps, cfg.dt, transient=max(1, cfg.lyap_steps // 10),
+    true_spectrum = lyapunov(
+        rk4, lorenz, jnp.asarray(long_truth[:, 0]),
+        cfg.lyap_steps, max(1, cfg.lyap_steps // 10), cfg.dt,
     )  # fmt: skip
     data_vpt = np.asarray(
         tdd.valid_prediction_time(
@@ -152,12 +195,13 @@ def references(cfg: LorenzConfig, train_x, test_x, cache: pathlib.Path):
     refs = dict(
         ics=ics, truth=truth, data_segments=data_segments, scale=scale,
         long_truth=long_truth, burn_in=burn_in,
-        ranges=ranges, stats=stats, lyap_x0=jnp.asarray(test_x[0]),
+        ranges=ranges, stats=stats,
         vpt_max=(cfg.horizon + 1) * cfg.dt * tdd.LORENZ63_LYAPUNOV_EXPONENT,
     )  # fmt: skip
     truth_row = dict(
         attractor_scale=scale,
-        lyapunov_spectrum=[float(v) for v in true_spectrum],
+        lyapunov_spectrum=np.median(np.asarray(true_spectrum), axis=0).tolist(),
+        lyapunov_orbits=spread(np.asarray(true_spectrum)[:, 0]),
         attractor=dict(
             mean=np.asarray(stats.mean).tolist(), std=np.asarray(stats.std).tolist()
         ),

@@ -16,7 +16,7 @@ def plot_model(cfg, row, arrays, refs, out: pathlib.Path):
     if plt is None:
         return
     out.mkdir(parents=True, exist_ok=True)
-    truth = refs["long_truth"][refs["burn_in"] :]
+    truth = refs["long_truth"][0, refs["burn_in"] :]
     learned = arrays["long_run"]
     fig = plt.figure(figsize=(10, 5))
     lims = refs["ranges"]
