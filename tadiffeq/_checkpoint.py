@@ -14,6 +14,8 @@ import equinox as eqx
 import jax
 from jaxtyping import PyTree
 
+from ._misc import check_positive_int
+
 
 class Checkpointer:
     """Saves and restores a training run in `directory`.
@@ -46,8 +48,7 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str | os.PathLike, keep: int = 2):
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"`keep` must be an int of at least 1, got {keep!r}.")
+        check_positive_int("keep", keep)
         if not isinstance(directory, (str, os.PathLike)):
             raise TypeError(
                 f"`directory` must be a path (str or os.PathLike), got {directory!r}."

@@ -14,11 +14,7 @@ def _prefix(owner: str | None) -> str:
 
 def check_positive_int(name: str, value, *, owner: str | None = None) -> int:
     """`value` as an int >= 1, else a `ValueError` naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(
-            f"{_prefix(owner)}`{name}` must be a positive int, got {value!r}."
-        )
-    return int(value)
+    return check_int(name, value, owner=owner, minimum=1)
 
 
 def check_int(name: str, value, *, owner: str | None = None, minimum: int = 0) -> int:
@@ -28,9 +24,8 @@ def check_int(name: str, value, *, owner: str | None = None, minimum: int = 0) -
         or not isinstance(value, numbers.Integral)
         or value < minimum
     ):
-        raise ValueError(
-            f"{_prefix(owner)}`{name}` must be an int >= {minimum}, got {value!r}."
-        )
+        wanted = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{_prefix(owner)}`{name}` must be {wanted}, got {value!r}.")
     return int(value)
 
 

@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from .._misc import check_positive_int
 from ._tiny_imagenet import default_tiny_imagenet_dir, load_tiny_imagenet_split
 
 
@@ -98,10 +99,8 @@ def _check_split(info: ImageDatasetInfo, split: str) -> None:
 
 
 def _check_limit(limit: int | None) -> None:
-    if limit is not None and (
-        isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
-    ):
-        raise ValueError(f"`limit` must be a positive int or None, got {limit!r}.")
+    if limit is not None:
+        check_positive_int("limit", limit)
 
 
 def normalize_images(images: np.ndarray, name: str) -> np.ndarray:

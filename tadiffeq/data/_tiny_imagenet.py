@@ -6,6 +6,7 @@ import pathlib
 
 import numpy as np
 
+from .._misc import check_positive_int
 from ._paths import dataset_dir
 
 
@@ -106,10 +107,8 @@ def load_tiny_imagenet_split(
             f"`split` of tiny_imagenet must be one of {', '.join(_SPLITS)}, got "
             f"{split!r}."
         )
-    if limit is not None and (
-        isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
-    ):
-        raise ValueError(f"`limit` must be a positive int or None, got {limit!r}.")
+    if limit is not None:
+        check_positive_int("limit", limit)
     try:
         from PIL import Image
     except ImportError as e:
