@@ -10,9 +10,10 @@ Studies (`--study`, comma-separated):
 - `solver`: Euler (20 fixed steps) vs dopri5 (rtol = atol = 1e-3) for TA-BN and no BN
   (the paper's Table 4).
 - `grid`: TA-BN with M = 10 / 50 / 100 / 500 grid intervals (Table 5).
-- `depth`: conv vector fields with 4 / 6 / 8 / 10 / 12 layers, TA-BN vs no BN (Figs. 1
-  and 6). Conv fields inside a solve are slow on CPU: use `--train-limit`, and
-  `--conv-width 8` (8/16/32/64 channels instead of the paper's 32/64/128/256).
+- `depth`: conv vector fields with 4 / 6 / 8 / 10 / 12 layers, each normalisation of
+  `--norms` (Figs. 1 and 6). Conv fields inside a solve are slow on CPU: use
+  `--train-limit`, and `--conv-width 8` (8/16/32/64 channels instead of the paper's
+  32/64/128/256).
 - `stats`: the first TA-BN layer's running mean and variance over t (Fig. 3 right),
   with its coverage.
 - `coverage`: TA-BN's inference read with and without coverage on the depth
@@ -138,7 +139,7 @@ def study_depth(base, data, out, args):
     data = pad_to_multiple(data)
     rows = []
     for depth in [int(d) for d in args.depths.split(",")]:
-        for norm in ("tabn", "none"):
+        for norm in args.norms.split(","):
             # The grid is TA-BN's: the runs without it share one config (and
             # checkpoint) whatever --num-intervals says.
             grid = base.num_intervals if norm == "tabn" else DEFAULT_GRID
@@ -148,12 +149,12 @@ def study_depth(base, data, out, args):
             )  # fmt: skip
             model, state, history = _train(cfg, data, out, f"conv{depth} {norm}")
             x, y = data["test"]
-            # With TA-BN: also the accuracy with each test batch's own statistics,
-            # which separates what the weights learnt from how well the running
-            # statistics interpolated at t stand in for the batch statistics.
+            # With running statistics (TA-BN, Pop-TI): also the accuracy with each
+            # test batch's own statistics, which separates what the weights learnt
+            # from how well the running statistics stand in for the batch's.
             acc_batch = (
                 evaluate(model, state, x, y, 256, batch_statistics=True)[0]
-                if norm == "tabn" else None
+                if norm in ("tabn", "popti") else None
             )  # fmt: skip
             rows.append(
                 _row(
