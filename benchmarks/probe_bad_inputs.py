@@ -489,6 +489,7 @@ SCRIPT_FLAGS = {
             "--checkpoint-every": ["0"],
             "--stall-window": ["-1", "7"],
             "--long-runs": ["0"],
+            "--input-noise": ["-1", "nan"],
             "--min-improvement": ["0", "1.5", "nan"],
         },
     ),

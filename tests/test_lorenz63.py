@@ -591,3 +591,24 @@ def test_stopping_rule_ends_and_resumes_a_run(tmp_path, capsys):
     assert eqx.tree_equal(again, mlp)
     with pytest.raises(ValueError, match="`log_every` .* must divide `stall_window`"):
         lorenz63.train(cfg, x, tmp_path / "b", **{**kw, "log_every": 3})
+
+
+def test_training_windows_with_input_noise():
+    """`input_noise = 0` is the study's windows; a positive value adds a second copy
+    whose first points (only) carry noise of that size, the same for the same seed."""
+    from experiments import lorenz63
+
+    x = np.asarray(generate_lorenz63(30, 0.01, np.array([1.0, 1.0, 20.0])))
+    cfg = lorenz63.LorenzConfig(rollout=2)
+    clean = lorenz63.training_windows(x, cfg)
+    np.testing.assert_array_equal(clean, lorenz63.rollout_windows(x, 2))
+    noisy_cfg = dataclasses.replace(cfg, input_noise=0.5)
+    both = lorenz63.training_windows(x, noisy_cfg)
+    assert both.shape == (2 * 28, 3, 3)
+    np.testing.assert_array_equal(both[:28], clean)
+    np.testing.assert_array_equal(both[28:, 1:], clean[:, 1:])  # targets untouched
+    delta = both[28:, 0] - clean[:, 0]
+    assert 0.4 < delta.std() < 0.6 and abs(delta.mean()) < 0.15
+    np.testing.assert_array_equal(both, lorenz63.training_windows(x, noisy_cfg))
+    other = lorenz63.training_windows(x, dataclasses.replace(noisy_cfg, seed=1))
+    assert not np.array_equal(other, both)

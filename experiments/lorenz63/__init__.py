@@ -65,4 +65,5 @@ from .training import (
     rollout_windows as rollout_windows,
     stalled as stalled,
     train as train,
+    training_windows as training_windows,
 )

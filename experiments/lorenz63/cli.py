@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..common import (
+    nonnegative_float,
     nonnegative_int,
     positive_float,
     positive_int,
@@ -190,6 +191,11 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--threshold", type=positive_float, default=defaults.threshold)
     parser.add_argument(
+        "--input-noise", type=nonnegative_float, default=defaults.input_noise,
+        help="train also on a copy of the data whose inputs carry Gaussian noise of "
+        "this standard deviation (data units; 0: the study's data only)",
+    )  # fmt: skip
+    parser.add_argument(
         "--stall-window", type=nonnegative_int, default=defaults.stall_window,
         help="stopping rule: stop at the first multiple of this many iterations where "
         "the training MSE fell by less than --min-improvement over the last window "
@@ -239,7 +245,8 @@ def main(argv=None):
             lyap_steps=args.lyap_steps, long_runs=args.long_runs,
             n_points=args.n_points, hidden=args.hidden,
             threshold=args.threshold, data=args.data, rollout=args.rollout,
-            stall_window=args.stall_window, min_improvement=args.min_improvement,
+            input_noise=args.input_noise, stall_window=args.stall_window,
+            min_improvement=args.min_improvement,
         )  # fmt: skip
 
     def refs():  # computed once, when a model is first evaluated (solver-free)
@@ -258,7 +265,9 @@ def main(argv=None):
                 data_dir=args.data_dir, refs=refs, figures=not args.no_figures,
             )
         )  # fmt: skip
-    suffix = "" if args.rollout == 1 else f"_rollout{args.rollout}"
+    suffix = ("" if args.rollout == 1 else f"_rollout{args.rollout}") + (
+        f"_noise{args.input_noise:g}" if args.input_noise else ""
+    )
     for name in names:
         cfg = make_cfg(name, args.iterations)
         print(f"\n{name}:")

@@ -18,7 +18,7 @@ AUTHORS = {
 # Fields that fix the training run: a checkpoint resumes only if they match.
 TRAIN_FIELDS = (
     "solver", "hidden", "depth", "memory_size", "safety", "max_substeps", "rtol",
-    "atol", "dt", "data", "n_points", "seed", "rollout",
+    "atol", "dt", "data", "n_points", "seed", "rollout", "input_noise",
 )  # fmt: skip
 
 
@@ -51,6 +51,11 @@ class LorenzConfig:
     # *prediction* (its target, for Fehlberg training, the true next point); 1 is
     # the study's one-step loss.
     rollout: int = 1
+    # With a positive value, every training window appears twice: as recorded, and with
+    # N(0, input_noise^2) added to its first point (data units, drawn once per seed),
+    # so the loss also asks the model to come back to the trajectory from states near
+    # it, which free runs visit and the recorded data never show. 0: the study's data.
+    input_noise: float = 0.0
     # The stopping rule (it ends a run, it does not change its trajectory, so it is not
     # in TRAIN_FIELDS): stop at the first multiple of `stall_window` iterations where
     # the training MSE (one step, from the true points) fell by less than the fraction

@@ -68,6 +68,19 @@ def rollout_windows(x: np.ndarray, rollout: int) -> np.ndarray:
     return np.stack([x[k : k + n] for k in range(rollout + 1)], axis=1)
 
 
+def training_windows(train_x: np.ndarray, cfg: LorenzConfig) -> np.ndarray:
+    """The training set `(N', rollout + 1, 3)`: the windows of `train_x`, and with
+    `cfg.input_noise > 0` a second copy whose first points carry Gaussian noise of
+    that standard deviation (seeded by `cfg.seed`; the targets stay the data)."""
+    windows = rollout_windows(np.asarray(train_x), cfg.rollout)
+    if cfg.input_noise == 0:
+        return windows
+    rng = np.random.default_rng([cfg.seed, 20])
+    noisy = windows.copy()
+    noisy[:, 0] += cfg.input_noise * rng.standard_normal(noisy[:, 0].shape)
+    return np.concatenate([windows, noisy])
+
+
 @eqx.filter_jit
 def lbfgs_iteration(params, opt_state, static, step, optimizer, windows):
     loss_fn = lambda p: rollout_loss(p, static, step, windows)[0]
@@ -111,7 +124,7 @@ def train(
     train_step, _ = make_steppers(cfg)
     x_prev = jnp.asarray(train_x[:-1])
     x_next = jnp.asarray(train_x[1:])
-    windows = jnp.asarray(rollout_windows(np.asarray(train_x), cfg.rollout))
+    windows = jnp.asarray(training_windows(train_x, cfg))
     mlp = AutonomousMLP(cfg.hidden, cfg.depth, seed=cfg.seed)
     params, static = eqx.partition(mlp, eqx.is_inexact_array)
     optimizer = lbfgs(cfg.memory_size)
