@@ -140,9 +140,9 @@ def study_depth(base, data, out, args):
     rows = []
     for depth in [int(d) for d in args.depths.split(",")]:
         for norm in args.norms.split(","):
-            # The grid is TA-BN's: the runs without it share one config (and
-            # checkpoint) whatever --num-intervals says.
-            grid = base.num_intervals if norm == "tabn" else DEFAULT_GRID
+            # The grid is TA-BN's (and its variants'): the other runs share one
+            # config (and checkpoint) whatever --num-intervals says.
+            grid = base.num_intervals if norm.startswith("tabn") else DEFAULT_GRID
             cfg = dataclasses.replace(
                 base, norm=norm, field=f"conv{depth}", conv_width=args.conv_width,
                 num_intervals=grid,
@@ -154,7 +154,7 @@ def study_depth(base, data, out, args):
             # from how well the running statistics stand in for the batch's.
             acc_batch = (
                 evaluate(model, state, x, y, 256, batch_statistics=True)[0]
-                if norm in ("tabn", "popti") else None
+                if norm.startswith("tabn") or norm == "popti" else None
             )  # fmt: skip
             rows.append(
                 _row(

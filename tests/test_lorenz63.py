@@ -326,6 +326,9 @@ def test_experiment_smoke_and_resume(tmp_path, capsys):
     assert saved["truth"]["data_vpt"]["median"] == pytest.approx(vpt_max)
     assert row["inference_one_step"]["acceptance"] == 1.0
     assert saved["truth"]["lyapunov_spectrum"][2] < -10
+    # Ten long runs and orbits (the default), pooled, with their spread.
+    assert len(row["lyapunov_orbits"]["all"]) == 10
+    assert row["attractor"]["tv_per_run"].keys() == {"median", "min", "max", "diverged"}
     run_dir = tmp_path / "rk4_seed0"
     for name in ("result.json", "attractor.png", "timeseries.png", "histograms.png"):
         assert (run_dir / name).exists(), name
@@ -558,18 +561,20 @@ def test_rollout_loss_by_hand(solver):
 
 
 def test_stopping_rule_by_hand():
-    """`stalled` holds at a multiple of the window where the loss fell by less than
-    the fraction asked for over the window, and nowhere else."""
+    """`stop_iteration` is the first recorded multiple of the window where the loss
+    fell by less than the fraction asked for over the window."""
     from experiments import lorenz63
 
     h = dict(iteration=[0, 100, 200, 300], loss=[1.0, 0.5, 0.496, 0.4])
-    rule = functools.partial(lorenz63.stalled, min_improvement=0.01)
-    assert not rule(h, 0)  # off
-    assert not rule(h, 100)  # 0.5 -> 0.4 at 300: 20% better
-    assert rule(dict(iteration=h["iteration"][:3], loss=h["loss"][:3]), 100)  # 0.8%
-    assert not rule(dict(iteration=h["iteration"][:3], loss=h["loss"][:3]), 150)
-    assert not rule(dict(iteration=[0, 100], loss=[1.0, 1.0]), 200)  # too early
-    assert rule(dict(iteration=[0, 100, 200], loss=[1.0, 1.0, 0.995]), 200)
+    rule = functools.partial(lorenz63.stop_iteration, min_improvement=0.01)
+    assert rule(h, 0) is None  # off
+    assert rule(h, 100) == 200  # 0.5 -> 0.496: 0.8% better (0.4 at 300 comes later)
+    assert rule(h, 200) is None  # 1.0 -> 0.496
+    assert rule(dict(iteration=[0, 100, 200], loss=[1.0, 0.5, 0.3]), 100) is None
+    assert rule(dict(iteration=[0, 100], loss=[1.0, 1.0]), 200) is None  # too early
+    assert rule(dict(iteration=[0, 100, 200], loss=[1.0, 1.0, 0.995]), 200) == 200
+    with pytest.raises(ValueError, match="MSE at iteration 150"):
+        rule(h, 150)  # 300 is a multiple of 150, and 150 was not recorded
 
 
 def test_stopping_rule_ends_and_resumes_a_run(tmp_path, capsys):
@@ -591,6 +596,14 @@ def test_stopping_rule_ends_and_resumes_a_run(tmp_path, capsys):
     assert eqx.tree_equal(again, mlp)
     with pytest.raises(ValueError, match="`log_every` .* must divide `stall_window`"):
         lorenz63.train(cfg, x, tmp_path / "b", **{**kw, "log_every": 3})
+    with pytest.raises(ValueError, match="`min_improvement` in"):
+        lorenz63.train(dataclasses.replace(cfg, min_improvement=1.0), x, tmp_path, **kw)
+    # A run trained past where the rule would have stopped it is refused, not
+    # reported as stopped by the rule.
+    free = dataclasses.replace(cfg, iterations=4, stall_window=0)
+    lorenz63.train(free, x, tmp_path / "c", **kw)
+    with pytest.raises(ValueError, match="stops this run at iteration 2"):
+        lorenz63.train(cfg, x, tmp_path / "c", **kw)
 
 
 def test_training_windows_with_input_noise():
@@ -612,3 +625,23 @@ def test_training_windows_with_input_noise():
     np.testing.assert_array_equal(both, lorenz63.training_windows(x, noisy_cfg))
     other = lorenz63.training_windows(x, dataclasses.replace(noisy_cfg, seed=1))
     assert not np.array_equal(other, both)
+
+
+def test_spread_counts_diverged_runs_as_infinite():
+    """One diverged orbit (NaN) neither hides the median nor the range: it counts as
+    +inf and is counted."""
+    from experiments.lorenz63.evaluation import spread
+
+    s = spread([1.0, float("nan"), 3.0, 2.0])
+    assert s == dict(median=2.5, min=1.0, max=math.inf, diverged=1)
+    assert spread([0.5])["median"] == 0.5
+
+
+def test_long_runs_must_fit_the_test_split(tmp_path):
+    from experiments import lorenz63
+    from experiments.lorenz63.evaluation import references
+
+    x = np.asarray(generate_lorenz63(40, 0.01, np.array([1.0, 1.0, 20.0])))
+    cfg = lorenz63.LorenzConfig(data="generated", num_ics=2, horizon=5, long_runs=21)
+    with pytest.raises(ValueError, match="--long-runs must be between 1 and the 20"):
+        references(cfg, x[:20], x[20:], tmp_path)

@@ -21,8 +21,9 @@ conditions). Solvers (--solvers):
 Per model: one-step test MSE; acceptance rate and substeps in training and in
 inference; the valid prediction time (normalised error threshold 0.4, in Lyapunov
 times, lambda = 0.9056) of free runs from --num-ics test initial conditions against
-the exact flow; the learned map's Lyapunov spectrum; long-run attractor statistics
-against the exact flow; figures. Checkpoints to --out and resumes from there.
+the exact flow; the learned map's Lyapunov spectrum (median over --long-runs orbits);
+long-run attractor statistics against the exact flow (--long-runs runs pooled);
+figures. Checkpoints to --out and resumes from there.
 
 --authors-models DIR adds the study's own two trained models (DIR holds their .npz
 weights, see `load_authors_model`) as reference rows `authors-naive` (naive training,
@@ -63,7 +64,7 @@ from .training import (
     one_step_loss as one_step_loss,
     rollout_loss as rollout_loss,
     rollout_windows as rollout_windows,
-    stalled as stalled,
+    stop_iteration as stop_iteration,
     train as train,
     training_windows as training_windows,
 )

@@ -22,7 +22,7 @@ from ..common import (
     print_table,
     write_json,
 )
-from .config import AUTHORS, LorenzConfig, SOLVERS
+from .config import AUTHORS, EVAL_FIELDS, LorenzConfig, SOLVERS
 from .evaluation import evaluate, paired_comparisons, references
 from .figures import plot_model, plot_summary
 from .model import load_authors_model, load_data, make_steppers
@@ -126,7 +126,7 @@ def run_authors(
     `AUTHORS`, `model_file` its .npz) with every metric of `run`, without training;
     the training columns are its one-step loss and step statistics on the training
     set under the training rule it was fitted with. Reads back `out`'s result if the
-    configuration and the file's SHA-256 match."""
+    file's SHA-256 and the configuration's `EVAL_FIELDS` match."""
     if cfg.solver not in AUTHORS:
         raise ValueError(f"`cfg.solver` must be one of {tuple(AUTHORS)}.")
     model_file = pathlib.Path(model_file)
@@ -135,9 +135,9 @@ def run_authors(
     result_file = out / "result.json"
     if result_file.exists():
         saved = json.loads(result_file.read_text())
-        if (
-            saved.get("config") == dataclasses.asdict(cfg)
-            and saved.get("model_sha256") == digest
+        config = saved.get("config", {})
+        if saved.get("model_sha256") == digest and all(
+            config.get(k) == getattr(cfg, k) for k in EVAL_FIELDS
         ):
             log(f"  [{cfg.solver}] evaluated earlier: {result_file}")
             return saved

@@ -33,12 +33,15 @@ def lyapunov(step, f, x0, n_steps: int, transient: int, dt: float):
 
 
 def spread(values) -> dict:
-    """Median, min and max of per-run values (NaN where a run diverged)."""
+    """Median, min and max of per-run values, a non-finite one (an orbit or run that
+    diverged) counted as +inf, and how many were non-finite (`diverged`)."""
     v = np.asarray(values, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        return dict(
-            median=float(np.median(v)), min=float(np.min(v)), max=float(np.max(v))
-        )
+    bad = ~np.isfinite(v)
+    v = np.where(bad, np.inf, v)
+    return dict(
+        median=float(np.median(v)), min=float(np.min(v)), max=float(np.max(v)),
+        diverged=int(bad.sum()),
+    )  # fmt: skip
 
 
 def evaluate(cfg: LorenzConfig, mlp, train_x, test_x, refs, log):
@@ -92,8 +95,11 @@ def evaluate(cfg: LorenzConfig, mlp, train_x, test_x, refs, log):
             max(1, cfg.lyap_steps // 10), dt,
         )
     )  # fmt: skip
-    with np.errstate(invalid="ignore"):
-        row["lyapunov_spectrum"] = np.median(spectra, axis=0).tolist()
+    # Each exponent's median over the orbits (a diverged orbit counting as +inf), so
+    # not one orbit's spectrum: its sum need not be the trace of the dynamics.
+    row["lyapunov_spectrum"] = np.median(
+        np.where(np.isfinite(spectra), spectra, np.inf), axis=0
+    ).tolist()
     row["lyapunov"] = row["lyapunov_spectrum"][0]
     row["lyapunov_orbits"] = spread(spectra[:, 0])
     row["lyapunov_orbits"]["all"] = spectra[:, 0].tolist()
@@ -158,6 +164,11 @@ def references(cfg: LorenzConfig, train_x, test_x, cache: pathlib.Path):
     else:
         truth = generate_lorenz63(cfg.horizon + 1, cfg.dt, ics, cache_dir=cache)
     data_segments = np.stack([test_x[i : i + cfg.horizon + 1] for i in idx])
+    if not 1 <= cfg.long_runs <= n_test:
+        raise ValueError(
+            f"--long-runs must be between 1 and the {n_test} test points, got "
+            f"{cfg.long_runs}."
+        )
     # The long runs start at test points 0, n/K, 2n/K, ... (the first is test point 0).
     long_idx = np.arange(cfg.long_runs) * (n_test // cfg.long_runs)
     # (the first alone: a batch is solved as one system, whose steps differ)

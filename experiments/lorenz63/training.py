@@ -75,7 +75,7 @@ def training_windows(train_x: np.ndarray, cfg: LorenzConfig) -> np.ndarray:
     windows = rollout_windows(np.asarray(train_x), cfg.rollout)
     if cfg.input_noise == 0:
         return windows
-    rng = np.random.default_rng([cfg.seed, 20])
+    rng = np.random.default_rng([cfg.seed % 2**32, 20])
     noisy = windows.copy()
     noisy[:, 0] += cfg.input_noise * rng.standard_normal(noisy[:, 0].shape)
     return np.concatenate([windows, noisy])
@@ -95,32 +95,49 @@ def lbfgs_iteration(params, opt_state, static, step, optimizer, windows):
 diagnostics = eqx.filter_jit(one_step_loss)
 
 
-def stalled(history: dict, window: int, min_improvement: float) -> bool:
-    """The stopping rule of `LorenzConfig` at the last recorded iteration of
-    `history`: it is a positive multiple of `window` and the training MSE recorded
-    there is above `(1 - min_improvement)` times the one `window` iterations before.
-    `window = 0`: never."""
-    if window == 0 or not history["iteration"]:
-        return False
-    last = history["iteration"][-1]
-    if last < window or last % window:
-        return False
+def stop_iteration(history: dict, window: int, min_improvement: float) -> int | None:
+    """The stopping rule of `LorenzConfig` applied to `history`: the first recorded
+    iteration that is a positive multiple of `window` and whose training MSE is above
+    `(1 - min_improvement)` times the one `window` iterations before; `None` if there
+    is none (or `window = 0`). Raises if a loss the rule needs was not recorded."""
+    if window == 0:
+        return None
     loss = dict(zip(history["iteration"], history["loss"]))
-    return loss[last] > (1.0 - min_improvement) * loss[last - window]
+    for it in sorted(loss):
+        if it < window or it % window:
+            continue
+        if it - window not in loss:
+            raise ValueError(
+                f"The stopping rule needs the training MSE at iteration {it - window}, "
+                "which this run did not record (--log-every must divide "
+                "--stall-window from the run's start)."
+            )
+        if loss[it] > (1.0 - min_improvement) * loss[it - window]:
+            return it
+    return None
 
 
 def train(
     cfg: LorenzConfig, train_x, out: pathlib.Path, *, checkpoint_every, log_every, log
 ):
     """L-BFGS on the full-batch one-step (or rollout) loss, resuming from `out`'s
-    checkpoint, for `cfg.iterations` or until `stalled` (checked where the loss is
-    recorded, so `log_every` must divide `cfg.stall_window`). Returns `(mlp,
+    checkpoint, for `cfg.iterations` or until `stop_iteration` (checked where the
+    loss is recorded, so `log_every` must divide `cfg.stall_window`; a checkpoint
+    past the iteration where the rule stops the run is refused). Returns `(mlp,
     history)`; the last entry of `history["iteration"]` is where training ended."""
+    if cfg.stall_window < 0 or not 0 < cfg.min_improvement < 1:
+        raise ValueError(
+            "`stall_window` must be >= 0 and `min_improvement` in (0, 1), got "
+            f"{cfg.stall_window} and {cfg.min_improvement}."
+        )
     if cfg.stall_window and cfg.stall_window % log_every:
         raise ValueError(
             f"`log_every` ({log_every}) must divide `stall_window` "
             f"({cfg.stall_window}): the stopping rule reads the recorded losses."
         )
+    rule = functools.partial(
+        stop_iteration, window=cfg.stall_window, min_improvement=cfg.min_improvement
+    )
     train_step, _ = make_steppers(cfg)
     x_prev = jnp.asarray(train_x[:-1])
     x_next = jnp.asarray(train_x[1:])
@@ -153,6 +170,15 @@ def train(
                 f"{saved_step} (a run can be extended, not shortened) or choose "
                 "another output directory."
             )
+        stop = rule(latest[1]["history"])
+        if stop is not None and stop < saved_step:
+            raise ValueError(
+                f"{out} holds a checkpoint after {saved_step} iterations, but the "
+                f"stopping rule (--stall-window {cfg.stall_window}, --min-improvement "
+                f"{cfg.min_improvement}) stops this run at iteration {stop}: a run "
+                "cannot be stopped where it has already gone past; choose another "
+                "rule or output directory."
+            )
     restored = ckpt.restore((params, opt_state))
     if restored is not None:
         step, (params, opt_state), meta = restored
@@ -179,9 +205,7 @@ def train(
 
     if step == 0 and not history["iteration"]:
         record(0, params)
-    while step < cfg.iterations and not stalled(
-        history, cfg.stall_window, cfg.min_improvement
-    ):
+    while step < cfg.iterations and rule(history) is None:
         params, opt_state, value, evals = lbfgs_iteration(
             params, opt_state, static, train_step, optimizer, windows
         )
@@ -191,10 +215,7 @@ def train(
             raise FloatingPointError(f"[{cfg.solver}] non-finite loss at it {step}.")
         if step % log_every == 0 or step == cfg.iterations:
             record(step, params)
-        done = step == cfg.iterations or (
-            history["iteration"][-1] == step
-            and stalled(history, cfg.stall_window, cfg.min_improvement)
-        )
+        done = step == cfg.iterations or rule(history) == step
         if done and step < cfg.iterations:
             log(f"  [{cfg.solver}] stopped at iteration {step}: the stopping rule")
         if step % checkpoint_every == 0 or done:
