@@ -245,6 +245,22 @@ def time_interleaved(
     return [float(np.median(t)) for t in times]
 
 
+def make_train_step(cfg: RegConfig, s: _Setup):
+    """The jitted training step of `cfg` on `s`'s model:
+    `(model, opt_state, x, y, key, weight) -> (model, opt_state, loss, (ce, nfe,
+    regularization))`, `nfe` the forward solve's evaluations plus the regularizer's.
+    The weight is an array, not static: one compilation."""
+    reg = REGULARIZERS[cfg.regularizer]
+
+    def loss_fn(model, x, y, key, weight):
+        logits, _, stats = model(x, s.state, key=key, regularizer=reg)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        nfe = stats.num_fn_evals + stats.num_regularizer_evals
+        return ce + weight * stats.regularization, (ce, nfe, stats.regularization)
+
+    return optimizer_step(loss_fn, s.optimizer, max_traces=1)
+
+
 def run(
     cfg: RegConfig,
     out: pathlib.Path,
@@ -265,21 +281,12 @@ def run(
         raise ValueError(
             f"`adjoint` must be 'recursive' or 'backsolve', got {cfg.adjoint!r}."
         )
-    reg = REGULARIZERS[cfg.regularizer]
     s = _setup(cfg)
     (x_train, y_train), (x_test, y_test) = s.train, s.test
-    model, state, optimizer, opt_state = s.model, s.state, s.optimizer, s.opt_state
+    model, state, opt_state = s.model, s.state, s.opt_state
     k_train, description = s.key, s.description
-    schedule = regularization_weights(reg, cfg)
-
-    def loss_fn(model, x, y, key, weight):
-        logits, _, stats = model(x, state, key=key, regularizer=reg)
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-        nfe = stats.num_fn_evals + stats.num_regularizer_evals
-        return ce + weight * stats.regularization, (ce, nfe, stats.regularization)
-
-    # The weight is an array, not static: one compilation.
-    train_step = optimizer_step(loss_fn, optimizer, max_traces=1)
+    schedule = regularization_weights(REGULARIZERS[cfg.regularizer], cfg)
+    train_step = make_train_step(cfg, s)
 
     ckpt = td.Checkpointer(out / "checkpoint")
     history = {"ce": [], "train_nfe": [], "reg": [], "seconds": 0.0}

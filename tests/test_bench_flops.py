@@ -170,3 +170,19 @@ def test_bench_inference_modes_times_tabn_with_and_without_coverage():
     ]
     # dopri5: the FSAL first evaluation, then 6 per step.
     assert {r["nfe_max"] for r in rows} == {r["nfe_mean"] for r in rows} == {1 + 6 * 3}
+
+
+def test_bench_regularizers_counts_the_local_step(tmp_path):
+    """The regularizer benchmark times the paper protocol's training step per
+    regularizer; the local regularizer's step adds exactly its 9 evaluations (tsit5:
+    2 for the initial-step heuristic, 7 stages) to the same initial model's solve."""
+    from benchmarks import bench_regularizers
+
+    rows = bench_regularizers.main(
+        ["--data", "synthetic", "--batch", "16", "--repeats", "1", "--warmup", "0",
+         "--regularizers", "none,local", "--out", str(tmp_path / "r.json")]
+    )  # fmt: skip
+    none, local = rows
+    assert local["nfe"] == none["nfe"] + 9
+    assert none["ratio"] == 1.0 and local["step_s"] > 0
+    assert (tmp_path / "r.json").exists()
