@@ -48,7 +48,7 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str | os.PathLike, keep: int = 2):
-        check_positive_int("keep", keep)
+        keep = check_positive_int("keep", keep)
         if not isinstance(directory, (str, os.PathLike)):
             raise TypeError(
                 f"`directory` must be a path (str or os.PathLike), got {directory!r}."
