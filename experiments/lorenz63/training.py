@@ -198,14 +198,10 @@ def train(
             f"{s['mean_substeps']:.2f} ({time.perf_counter() - t_start:.0f} s)"
         )
 
-    def save(step, params, opt_state):
-        history["seconds"] = time.perf_counter() - t_start
-        meta = dict(config=dataclasses.asdict(cfg), history=history)
-        ckpt.save(step, (params, opt_state), meta)
-
     if step == 0 and not history["iteration"]:
         record(0, params)
-    while step < cfg.iterations and rule(history) is None:
+    stop = rule(history)  # the rule changes only where a loss is recorded
+    while step < cfg.iterations and stop is None:
         params, opt_state, value, evals = lbfgs_iteration(
             params, opt_state, static, train_step, optimizer, windows
         )
@@ -215,9 +211,11 @@ def train(
             raise FloatingPointError(f"[{cfg.solver}] non-finite loss at it {step}.")
         if step % log_every == 0 or step == cfg.iterations:
             record(step, params)
-        done = step == cfg.iterations or rule(history) == step
-        if done and step < cfg.iterations:
+            stop = rule(history)
+        if stop is not None and step < cfg.iterations:
             log(f"  [{cfg.solver}] stopped at iteration {step}: the stopping rule")
-        if step % checkpoint_every == 0 or done:
-            save(step, params, opt_state)
+        if step % checkpoint_every == 0 or step == cfg.iterations or stop is not None:
+            history["seconds"] = time.perf_counter() - t_start
+            meta = dict(config=dataclasses.asdict(cfg), history=history)
+            ckpt.save(step, (params, opt_state), meta)
     return eqx.combine(params, static), history
