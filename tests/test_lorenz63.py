@@ -202,6 +202,55 @@ def test_lyapunov_exponents_of_the_true_lorenz_system():
         tdd.lyapunov_spectrum(step, x0, 10, 0.01, num_exponents=4)
 
 
+def test_equilibria_of_the_lorenz_system_by_hand():
+    sigma, rho, beta = 10.0, 28.0, 8.0 / 3.0
+    lorenz = tdd.Lorenz63(time_scale=0.01)
+    c = math.sqrt(beta * (rho - 1))
+    # Starts near C+, C-, the origin, and a linear field's only equilibrium.
+    starts = jnp.array(
+        [[c + 1.0, c - 1.0, 25.0], [-c, -c + 2.0, 29.0], [0.3, -0.2, 0.1]]
+    )
+    eq = tdd.equilibria(lorenz, starts)
+    assert bool(eq.converged.all()), eq
+    want = np.array([[c, c, rho - 1], [-c, -c, rho - 1], [0.0, 0.0, 0.0]])
+    np.testing.assert_allclose(eq.points, want, atol=1e-9)
+    np.testing.assert_allclose(lorenz.equilibria(), want)
+    assert float(eq.residuals.max()) < 1e-12
+    # The Jacobian is the field's (time_scale 0.01), by hand at the origin, and at C+-
+    # its eigenvalues (per time unit) are the roots of the characteristic polynomial
+    # l^3 + (sigma + beta + 1) l^2 + beta (sigma + rho) l + 2 sigma beta (rho - 1).
+    np.testing.assert_allclose(
+        eq.jacobians[2] / 0.01,
+        [[-sigma, sigma, 0], [rho, -1, 0], [0, 0, -beta]],
+        atol=1e-12,
+    )
+    roots = np.roots(
+        [1, sigma + beta + 1, beta * (sigma + rho), 2 * sigma * beta * (rho - 1)]
+    )
+    for j in eq.jacobians[:2]:
+        ev = np.linalg.eigvals(np.asarray(j) / 0.01)
+        np.testing.assert_allclose(
+            np.sort_complex(ev), np.sort_complex(roots), atol=1e-8
+        )
+    # The saddle-foci C+- repel weakly: real part 0.094 per time unit against 10.19
+    # for the rotation, the margin a learned field must get right for its long runs.
+    assert 0.09 < np.max(roots.real) < 0.1 and 10.1 < np.max(roots.imag) < 10.3
+    # A linear field: one equilibrium, found in one Newton step from anywhere.
+    b = np.array([1.0, -2.0, 0.5])
+    eq = tdd.equilibria(
+        lambda x: x @ jnp.asarray(A).T + jnp.asarray(b), jnp.ones((2, 3))
+    )
+    np.testing.assert_allclose(eq.points, np.tile(np.linalg.solve(A, -b), (2, 1)))
+    np.testing.assert_allclose(eq.jacobians, np.tile(A, (2, 1, 1)))
+    # No equilibrium to find: not converged, no error.
+    eq = tdd.equilibria(lambda x: x**2 + 1.0, jnp.ones((1, 3)), max_steps=20)
+    assert not bool(eq.converged[0])
+    with pytest.raises(ValueError, match="`x0` must have shape"):
+        tdd.equilibria(lorenz, jnp.ones(3))
+    with pytest.raises(ValueError, match="`max_steps`"):
+        tdd.equilibria(lorenz, jnp.ones((1, 3)), max_steps=0)
+
+
 def test_valid_prediction_time_on_a_hand_made_example():
     t = np.arange(10)
     true = np.zeros((3, 10, 3))
@@ -335,10 +384,25 @@ def test_experiment_smoke_and_resume(tmp_path, capsys):
     assert (tmp_path / "vpt.png").exists() and (
         tmp_path / "training_curves.png"
     ).exists()
+    # The equilibria: the truth's C+ repels at 0.094 per time unit.
+    assert "C+ growth (dist)" in out
+    assert saved["truth"]["equilibria"]["C+"]["growth"] == pytest.approx(
+        0.094, abs=1e-3
+    )
+    assert row["equilibria"].keys() == {"C+", "C-", "origin"}
     # A rerun reads the finished result.
     again = lorenz63.main(args)
     assert "finished earlier" in capsys.readouterr().out
     assert again[0]["test_mse"] == rows[0]["test_mse"]
+    # ... unless it was written by an evaluation of another version: evaluated again
+    # from the checkpoint, with every metric of this one.
+    result = run_dir / "result.json"
+    old = json.loads(result.read_text())
+    del old["equilibria"], old["metrics_version"]
+    result.write_text(json.dumps(old))
+    again = lorenz63.main(args)
+    assert "finished earlier" not in capsys.readouterr().out
+    assert again[0]["test_mse"] == rows[0]["test_mse"] and "equilibria" in again[0]
     # Interrupted after 2 iterations, then resumed: the same model as straight.
     cfg = lorenz63.LorenzConfig(
         solver="rk4", iterations=4, hidden=8, data="generated", n_points=250,

@@ -23,7 +23,7 @@ from ..common import (
     write_json,
 )
 from .config import AUTHORS, EVAL_FIELDS, LorenzConfig, SOLVERS
-from .evaluation import evaluate, paired_comparisons, references
+from .evaluation import evaluate, METRICS_VERSION, paired_comparisons, references
 from .figures import plot_model, plot_summary
 from .model import load_authors_model, load_data, make_steppers
 from .training import diagnostics, step_summary, train
@@ -64,7 +64,10 @@ def run(
     result_file = out / "result.json"
     if stop_after is None and result_file.exists():
         saved = json.loads(result_file.read_text())
-        if saved.get("config") == dataclasses.asdict(cfg):
+        if (
+            saved.get("config") == dataclasses.asdict(cfg)
+            and saved.get("metrics_version") == METRICS_VERSION
+        ):
             log(f"  [{cfg.solver}] finished earlier: {result_file}")
             return saved
     if stop_after is not None:
@@ -136,8 +139,10 @@ def run_authors(
     if result_file.exists():
         saved = json.loads(result_file.read_text())
         config = saved.get("config", {})
-        if saved.get("model_sha256") == digest and all(
-            config.get(k) == getattr(cfg, k) for k in EVAL_FIELDS
+        if (
+            saved.get("model_sha256") == digest
+            and saved.get("metrics_version") == METRICS_VERSION
+            and all(config.get(k) == getattr(cfg, k) for k in EVAL_FIELDS)
         ):
             log(f"  [{cfg.solver}] evaluated earlier: {result_file}")
             return saved
@@ -292,6 +297,13 @@ def main(argv=None):
             inf_sub=r["inference_free_run"]["mean_substeps"],
             vpt_mean=r["vpt"]["mean"], vpt_median=r["vpt"]["median"],
             lyap=r["lyapunov"], tv=float(np.mean(r["attractor"]["tv"])),
+            train_tv=r["attractor_train"]["tv"],
+            **{
+                f"growth_{k}": "{growth:.3f} ({distance:.1f})".format(
+                    **r["equilibria"][k]
+                )
+                for k in ("C+", "C-")
+            },
         )
         for r in rows
     ]  # fmt: skip
@@ -310,8 +322,20 @@ def main(argv=None):
             ("train_sub", "train substeps"), ("inf_acc", "inference acc"),
             ("inf_sub", "inference substeps"), ("vpt_mean", "VPT mean"),
             ("vpt_median", "VPT median"), ("lyap", "LLE"), ("tv", "hist TV"),
+            ("train_tv", "hist TV (train)"),
+            ("growth_C+", "C+ growth (dist)"), ("growth_C-", "C- growth (dist)"),
         ],
     )  # fmt: skip
+    print(
+        "(C+- growth: the largest real part of the field's eigenvalues at the "
+        "equilibrium Newton reaches from C+-, per time unit, and its distance to C+-; "
+        f"true {truth_row['equilibria']['C+']['growth']:.3f}; negative: it attracts)"
+    )
+    print(
+        "(hist TV (train): ten long runs from training points against the training "
+        "split's histogram, which is itself "
+        f"{truth_row['train_split_tv']:.3f} from the exact attractor's)"
+    )
     comparisons = paired_comparisons(rows)
     if comparisons:
         print("\nPaired over the same initial conditions (VPT, Lyapunov times):")

@@ -17,6 +17,11 @@ from .model import make_steppers
 from .training import step_summary
 
 
+# The version of what `evaluate` computes: a saved result of another version is
+# evaluated again (from the checkpoint) rather than read back without a metric.
+# 2: the equilibria and the long runs from training points (2026-12-06).
+METRICS_VERSION = 2
+
 one_step = eqx.filter_jit(lambda step, f, x: step(f, x))
 rollout = eqx.filter_jit(tdd.rollout)
 
@@ -30,6 +35,34 @@ def lyapunov(step, f, x0, n_steps: int, transient: int, dt: float):
             lambda y: step(f, y[None])[0][0], x, n_steps, dt, transient=transient
         )
     )(x0)
+
+
+def equilibrium_summary(field, dt: float) -> dict:
+    """The learned field's counterparts of the true equilibria (Newton from C+, C-
+    and the origin): each point, its distance to the true one (state units), whether
+    Newton converged, and the largest real part
+    and imaginary part of the field's eigenvalues there, per time unit (a negative
+    `growth` attracts; the truth: 0.094 and 10.19 at C+-, 11.83 at the origin)."""
+    starts = tdd.Lorenz63().equilibria().astype(jnp.result_type(float))
+    eq = tdd.equilibria(field, starts)
+    ev = np.linalg.eigvals(np.asarray(eq.jacobians)) / dt
+    return {
+        name: dict(
+            point=np.asarray(eq.points[i]).tolist(),
+            distance=float(jnp.linalg.norm(eq.points[i] - starts[i])),
+            converged=bool(eq.converged[i]),
+            growth=float(ev[i].real.max()),
+            rotation=float(np.abs(ev[i].imag).max()),
+        )
+        for i, name in enumerate(("C+", "C-", "origin"))
+    }
+
+
+def outside_fraction(runs, ranges) -> float:
+    """The fraction of the points of `runs` `(..., 3)` outside the box `ranges`
+    `(3, 2)` (the true attractor's extent +-10%): near 1 for runs that blew up."""
+    inside = np.all((runs >= ranges[:, 0]) & (runs <= ranges[:, 1]), axis=-1)
+    return float(np.mean(~inside))
 
 
 def spread(values) -> dict:
@@ -84,6 +117,8 @@ def evaluate(cfg: LorenzConfig, mlp, train_x, test_x, refs, log):
         mean=float(vpt_data.mean()), median=float(np.median(vpt_data))
     )
     log(f"  [{cfg.solver}] one-step and free runs: {time.perf_counter() - t0:.0f} s")
+    row["equilibria"] = equilibrium_summary(f, dt)
+    row["metrics_version"] = METRICS_VERSION
     row["inference_free_run"] = step_summary(
         jax.tree.map(lambda a: a.reshape(-1), run_info)
     )
@@ -124,20 +159,26 @@ def evaluate(cfg: LorenzConfig, mlp, train_x, test_x, refs, log):
         tv=np.asarray(tdd.histogram_distance(stats, refs["stats"])).tolist(),
         tv_per_run=spread(per_run_tv),
         finite=stats.finite,
-        # the fraction of the long runs outside the box of the true attractor
-        # (+-10% of its extent): near 1 for runs that blew up
-        outside_fraction=float(
-            np.mean(
-                ~np.all(
-                    (long_runs >= refs["ranges"][:, 0])
-                    & (long_runs <= refs["ranges"][:, 1]),
-                    axis=-1,
-                )
-            )
-        ),
+        outside_fraction=outside_fraction(long_runs, refs["ranges"]),
     )
     row["inference_long_run"] = step_summary(
         jax.tree.map(lambda a: a.reshape(-1), long_info)
+    )
+    # The same from training points, against the training split's own histogram: a
+    # long-run check that needs no data beyond the training split (for choosing
+    # between trained models without the test split).
+    train_runs, _ = rollout(step, f, jnp.asarray(refs["train_starts"]), cfg.long_steps)
+    train_runs = np.asarray(train_runs[:, refs["burn_in"] :])
+    row["attractor_train"] = dict(
+        tv=float(
+            np.mean(
+                tdd.histogram_distance(
+                    tdd.attractor_statistics(train_runs, ranges=refs["ranges"]),
+                    refs["train_stats"],
+                )
+            )
+        ),
+        outside_fraction=outside_fraction(train_runs, refs["ranges"]),
     )
     log(f"  [{cfg.solver}] + long run: {time.perf_counter() - t0:.0f} s")
     arrays = dict(traj=traj, long_run=long_runs[0], stats=stats)
@@ -147,7 +188,8 @@ def evaluate(cfg: LorenzConfig, mlp, train_x, test_x, refs, log):
 def references(cfg: LorenzConfig, train_x, test_x, cache: pathlib.Path):
     """The exact flow from the test initial conditions, `cfg.long_runs` long exact
     runs and their pooled statistics, and the true system's Lyapunov spectrum (the
-    median over the long runs' initial points)."""
+    median over the long runs' initial points); the starts of the long runs from
+    training points and the training split's statistics."""
     n_test = len(test_x)
     if cfg.horizon + 1 > n_test:
         raise ValueError(f"--horizon must be < {n_test}, got {cfg.horizon}.")
@@ -192,6 +234,18 @@ def references(cfg: LorenzConfig, train_x, test_x, cache: pathlib.Path):
     lo, hi = attractor[0].min(0), attractor[0].max(0)
     ranges = np.stack([lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo)], -1)
     stats = tdd.attractor_statistics(attractor, ranges=ranges)
+    # Long runs from training points past the same burn-in, spread as the test ones,
+    # and the training split's own statistics there.
+    n_train = len(train_x)
+    if n_train <= burn_in + cfg.long_runs:
+        raise ValueError(
+            f"The training split ({n_train} points) is too short for --long-runs "
+            f"{cfg.long_runs} after a burn-in of {burn_in} steps."
+        )
+    train_starts = train_x[
+        burn_in + np.arange(cfg.long_runs) * ((n_train - burn_in) // cfg.long_runs)
+    ]
+    train_stats = tdd.attractor_statistics(train_x[burn_in:], ranges=ranges)
     rk4 = tdd.RK4Step()
     lorenz = tdd.Lorenz63(time_scale=cfg.dt)
     true_spectrum = lyapunov(
@@ -206,13 +260,18 @@ def references(cfg: LorenzConfig, train_x, test_x, cache: pathlib.Path):
     refs = dict(
         ics=ics, truth=truth, data_segments=data_segments, scale=scale,
         long_truth=long_truth, burn_in=burn_in,
-        ranges=ranges, stats=stats,
+        ranges=ranges, stats=stats, train_starts=train_starts,
+        train_stats=train_stats,
         vpt_max=(cfg.horizon + 1) * cfg.dt * tdd.LORENZ63_LYAPUNOV_EXPONENT,
     )  # fmt: skip
     truth_row = dict(
         attractor_scale=scale,
         lyapunov_spectrum=np.median(np.asarray(true_spectrum), axis=0).tolist(),
         lyapunov_orbits=spread(np.asarray(true_spectrum)[:, 0]),
+        equilibria=equilibrium_summary(lorenz, cfg.dt),
+        # the training split's histogram against the exact attractor's: how far
+        # the reference of the models' `attractor_train` is from the truth
+        train_split_tv=float(np.mean(tdd.histogram_distance(train_stats, stats))),
         attractor=dict(
             mean=np.asarray(stats.mean).tolist(), std=np.asarray(stats.std).tolist()
         ),

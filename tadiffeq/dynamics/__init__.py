@@ -1,7 +1,8 @@
 """Learning dynamical systems from trajectories: the Lorenz'63 field, one-step-ahead
 integrators (Fehlberg's 3(2) with the adaptive-solver study's step rule and its
 "Fehlberg training" variant, fixed-step RK4, diffrax's adaptive solvers), free runs,
-and chaos metrics (valid prediction time, Lyapunov exponents, attractor statistics).
+and chaos metrics (valid prediction time, Lyapunov exponents, attractor statistics,
+equilibria and their linearisation).
 """
 
 from ._chaos import (
@@ -15,6 +16,7 @@ from ._chaos import (
     valid_prediction_time as valid_prediction_time,
 )
 from ._diffrax_step import DiffraxStep as DiffraxStep
+from ._equilibria import Equilibria as Equilibria, equilibria as equilibria
 from ._fehlberg import FehlbergStep as FehlbergStep, heun_rk3 as heun_rk3
 from ._lorenz import (
     Lorenz63 as Lorenz63,

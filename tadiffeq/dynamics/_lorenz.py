@@ -59,6 +59,15 @@ class Lorenz63(eqx.Module):
                 low = 0.0 if name == "time_scale" else -math.inf
                 check_float(name, value, owner="Lorenz63", low=low, low_open=True)
 
+    def equilibria(self) -> Float[Array, "3 3"]:
+        """The three equilibria, rows C+, C-, origin: C+- =
+        (+-sqrt(beta (rho - 1)), +-sqrt(beta (rho - 1)), rho - 1) (real for
+        rho >= 1; at the default parameters saddle-foci that repel at 0.094 per time
+        unit while turning at 10.19), the origin a saddle."""
+        c = jnp.sqrt(self.beta * (self.rho - 1.0))
+        z = self.rho - 1.0
+        return jnp.array([[c, c, z], [-c, -c, z], [0.0 * c, 0.0 * c, 0.0 * z]])
+
     def __call__(self, x: Float[Array, "*batch 3"]) -> Float[Array, "*batch 3"]:
         if x.shape[-1:] != (3,):
             raise ValueError(f"Lorenz63: `x` must have shape (..., 3), got {x.shape}.")
