@@ -425,6 +425,7 @@ SCRIPT_FLAGS = {
             "--batch-size": ["0"],
             "--hidden": ["0"],
             "--checkpoint-every": ["0"],
+            "--time-runs": ["no/such/run"],
         },
     ),
     "regularization_toy": (

@@ -19,6 +19,7 @@ test images train, last 2,000 evaluate). Checkpoints every --checkpoint-every st
 
 import argparse
 import dataclasses
+import json
 import pathlib
 import time
 from dataclasses import dataclass
@@ -245,6 +246,37 @@ def time_interleaved(
     return [float(np.median(t)) for t in times]
 
 
+def saved_run(out: pathlib.Path) -> tuple[RegConfig, pathlib.Path]:
+    """`(config, out)` of the finished run in `out`, its configuration read from its
+    result.json (so it is restored with the settings it was trained with)."""
+    result = out / "result.json"
+    if not result.exists():
+        raise ValueError(f"--time-runs: {out} holds no finished run (no result.json).")
+    saved = json.loads(result.read_text())["config"]
+    fields = {f.name for f in dataclasses.fields(RegConfig)}
+    return RegConfig(**{k: v for k, v in saved.items() if k in fields}), out
+
+
+def print_timing(runs: list[tuple[RegConfig, pathlib.Path]], file: pathlib.Path):
+    """`time_interleaved(runs)` as rows (the first run the speedup's baseline),
+    printed and written to `file`."""
+    times = time_interleaved(runs)
+    rows = [
+        dict(
+            run=out.name, regularizer=cfg.regularizer, adjoint=cfg.adjoint,
+            seed=cfg.seed, predict_s=t, speedup=times[0] / t,
+        )
+        for (cfg, out), t in zip(runs, times)
+    ]  # fmt: skip
+    print("Prediction time, interleaved (median of 7 after compilation):")
+    print_table(
+        rows, [("run", "run"), ("adjoint", "adjoint"), ("predict_s", "predict s"),
+               ("speedup", "speedup")],
+    )  # fmt: skip
+    write_json(file, rows)
+    return rows
+
+
 def make_train_step(cfg: RegConfig, s: _Setup):
     """The jitted training step of `cfg` on `s`'s model:
     `(model, opt_state, x, y, key, weight) -> (model, opt_state, loss, (ce, nfe,
@@ -459,8 +491,17 @@ def main(argv=None):
         help="time the finished rows' predictions interleaved in this process "
         "(predict s and speedup); trains nothing",
     )  # fmt: skip
+    parser.add_argument(
+        "--time-runs", type=str, default=None, metavar="DIR,DIR,...",
+        help="like --time-only, for finished runs in any folders (each run's "
+        "configuration read from its result.json; the first is the speedup's "
+        "baseline): rows of other seeds, adjoints or --out folders side by side",
+    )  # fmt: skip
     parser.add_argument("--out", default="results/regularization_mnist")
     args = parser.parse_args(argv)
+    if args.time_runs is not None:
+        runs = [saved_run(pathlib.Path(d)) for d in args.time_runs.split(",")]
+        return print_timing(runs, pathlib.Path(args.out) / "timing.json")
     preset = PROTOCOLS[args.protocol][args.model]
     given = {k: v for k, v in vars(args).items() if k in _FIELDS and v is not None}
     runs = []
@@ -470,19 +511,8 @@ def main(argv=None):
             (cfg, pathlib.Path(args.out) / f"{args.model}_{name}_seed{args.seed}")
         )
     if args.time_only:
-        times = time_interleaved(runs)
-        rows = [
-            dict(regularizer=cfg.regularizer, predict_s=t, speedup=times[0] / t)
-            for (cfg, _), t in zip(runs, times)
-        ]
-        print(f"Prediction time, interleaved, {args.model.upper()}, seed {args.seed}:")
-        print_table(
-            rows, [("regularizer", "regularizer"), ("predict_s", "predict s"),
-                   ("speedup", "speedup")],
-        )  # fmt: skip
         name = f"{args.model}_seed{args.seed}_timing.json"
-        write_json(pathlib.Path(args.out) / name, rows)
-        return rows
+        return print_timing(runs, pathlib.Path(args.out) / name)
     rows = []
     for cfg, out in runs:
         row = run(

@@ -167,6 +167,20 @@ def test_regularization_mnist_smoke_and_exact_resume(tmp_path, capsys):
             ["--data", "synthetic", "--regularizers", "local", "--steps", "3",
              "--out", str(tmp_path / "smoke"), "--time-only"]
         )  # fmt: skip
+    # Runs of other folders and settings side by side, each restored with the
+    # configuration its result.json records (here the smoke rows and the SDE row).
+    smoke, sde_dir = tmp_path / "smoke", tmp_path / "sde"
+    timed = rm.main(
+        ["--time-runs", f"{smoke / 'ode_none_seed0'},{sde_dir / 'sde_local_seed0'}",
+         "--out", str(tmp_path / "timing")]
+    )  # fmt: skip
+    assert [(r["run"], r["regularizer"]) for r in timed] == [
+        ("ode_none_seed0", "none"),
+        ("sde_local_seed0", "local"),
+    ]
+    assert timed[0]["speedup"] == 1.0 and (tmp_path / "timing/timing.json").exists()
+    with pytest.raises(ValueError, match="no finished run"):
+        rm.main(["--time-runs", str(tmp_path / "nothing")])
 
     cfg = rm.RegConfig(
         regularizer="local", steps=6, batch_size=64, hidden=8, data="synthetic"
