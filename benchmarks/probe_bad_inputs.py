@@ -492,6 +492,7 @@ SCRIPT_FLAGS = {
             "--long-runs": ["0"],
             "--input-noise": ["-1", "nan"],
             "--min-improvement": ["0", "1.5", "nan"],
+            "--seed": ["-1", "0,0", "x"],
         },
     ),
 }

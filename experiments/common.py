@@ -397,6 +397,15 @@ def positive_int_list(text: str) -> str:
     return text
 
 
+def nonnegative_int_list(text: str) -> list[int]:
+    """An argparse type: comma-separated distinct integers >= 0 (e.g. seeds), as a
+    list."""
+    values = [nonnegative_int(item) for item in text.split(",")]
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"repeated values in {text!r}")
+    return values
+
+
 def name_list(choices) -> Callable[[str], str]:
     """An argparse type: a comma-separated list of names from `choices`, kept as the
     text the scripts split."""

@@ -403,6 +403,21 @@ def test_experiment_smoke_and_resume(tmp_path, capsys):
     again = lorenz63.main(args)
     assert "finished earlier" not in capsys.readouterr().out
     assert again[0]["test_mse"] == rows[0]["test_mse"] and "equilibria" in again[0]
+    # Several seeds: each trained in turn (seed 0 read back), then one table across
+    # them, the test-free choice marking one seed per solver.
+    both = lorenz63.main([*args, "--seed", "0,1"])
+    out = capsys.readouterr().out
+    assert "Across seeds 0,1" in out and len(both) == 2
+    summary = json.loads((tmp_path / "lorenz63_seeds.json").read_text())["rows"]
+    assert [r["seed"] for r in summary] == [0, 1]
+    assert sum(r["selected"] for r in summary) == 1
+    chosen = min(summary, key=lambda r: r["train_tv"])
+    assert (
+        chosen["selected"]
+        and both[chosen["seed"]]["attractor_train"]["tv"] == (chosen["train_tv"])
+    )
+    with pytest.raises(SystemExit):
+        lorenz63.main([*args, "--seed", "0,0"])
     # Interrupted after 2 iterations, then resumed: the same model as straight.
     cfg = lorenz63.LorenzConfig(
         solver="rk4", iterations=4, hidden=8, data="generated", n_points=250,

@@ -17,13 +17,20 @@ import numpy as np
 from ..common import (
     nonnegative_float,
     nonnegative_int,
+    nonnegative_int_list,
     positive_float,
     positive_int,
     print_table,
     write_json,
 )
 from .config import AUTHORS, EVAL_FIELDS, LorenzConfig, SOLVERS
-from .evaluation import evaluate, METRICS_VERSION, paired_comparisons, references
+from .evaluation import (
+    evaluate,
+    METRICS_VERSION,
+    paired_comparisons,
+    references,
+    seed_summary,
+)
 from .figures import plot_model, plot_summary
 from .model import load_authors_model, load_data, make_steppers
 from .training import diagnostics, step_summary, train
@@ -193,7 +200,11 @@ def main(argv=None):
             f"--{name.replace('_', '-')}", type=positive_int,
             default=getattr(defaults, name),
         )  # fmt: skip
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--seed", type=nonnegative_int_list, default=[defaults.seed],
+        help="a seed, or several (comma-separated): each trained in turn, then a "
+        "table across them",
+    )  # fmt: skip
     parser.add_argument("--threshold", type=positive_float, default=defaults.threshold)
     parser.add_argument(
         "--input-noise", type=nonnegative_float, default=defaults.input_noise,
@@ -241,11 +252,11 @@ def main(argv=None):
     if not names and authors_dir is None:
         parser.error("nothing to do: --solvers none without --authors-models")
     out = pathlib.Path(args.out)
-    rows, memo = [], {}
+    memo = {}
 
-    def make_cfg(name, iterations):
+    def make_cfg(name, iterations, seed):
         return LorenzConfig(
-            solver=name, iterations=iterations, seed=args.seed,
+            solver=name, iterations=iterations, seed=seed,
             num_ics=args.num_ics, horizon=args.horizon, long_steps=args.long_steps,
             lyap_steps=args.lyap_steps, long_runs=args.long_runs,
             n_points=args.n_points, hidden=args.hidden,
@@ -256,36 +267,62 @@ def main(argv=None):
 
     def refs():  # computed once, when a model is first evaluated (solver-free)
         if not memo:
-            cfg = make_cfg(SOLVERS[0], args.iterations)
+            cfg = make_cfg(SOLVERS[0], args.iterations, 0)
             train_x, test_x, _ = load_data(cfg, args.data_dir, out / "cache")
             memo["refs"] = references(cfg, train_x, test_x, out / "cache")
         return memo["refs"]
 
-    # The study's own models first: the reference rows (evaluated, not trained).
-    for name, (file, _) in AUTHORS.items() if authors_dir is not None else ():
-        print(f"\n{name}:")
-        rows.append(
-            run_authors(
-                make_cfg(name, 0), authors_dir / file, out / name,
-                data_dir=args.data_dir, refs=refs, figures=not args.no_figures,
-            )
-        )  # fmt: skip
     suffix = ("" if args.rollout == 1 else f"_rollout{args.rollout}") + (
         f"_noise{args.input_noise:g}" if args.input_noise else ""
     )
-    for name in names:
-        cfg = make_cfg(name, args.iterations)
-        print(f"\n{name}:")
-        rows.append(
-            run(
-                cfg, out / f"{name}{suffix}_seed{args.seed}", data_dir=args.data_dir,
-                refs=refs, checkpoint_every=args.checkpoint_every,
-                log_every=args.log_every,
-                figures=not args.no_figures,
-            )
+    by_seed = {}
+    for seed in args.seed:
+        rows = []
+        # The study's own models first: the reference rows (evaluated, not trained;
+        # after the first seed, read back).
+        for name, (file, _) in AUTHORS.items() if authors_dir is not None else ():
+            print(f"\n{name}:")
+            rows.append(
+                run_authors(
+                    make_cfg(name, 0, seed), authors_dir / file, out / name,
+                    data_dir=args.data_dir, refs=refs, figures=not args.no_figures,
+                )
+            )  # fmt: skip
+        for name in names:
+            print(f"\n{name}:")
+            rows.append(
+                run(
+                    make_cfg(name, args.iterations, seed),
+                    out / f"{name}{suffix}_seed{seed}", data_dir=args.data_dir,
+                    refs=refs, checkpoint_every=args.checkpoint_every,
+                    log_every=args.log_every, figures=not args.no_figures,
+                )
+            )  # fmt: skip
+        report_seed(rows, seed, args.iterations if names else None, authors_dir, out,
+                    figures=not args.no_figures)  # fmt: skip
+        by_seed[seed] = rows
+    if len(by_seed) > 1 and names:
+        summary = seed_summary(by_seed)
+        print(f"\nAcross seeds {','.join(map(str, by_seed))} (long-run criterion: "
+              "LLE within 10% of the true exponent, pooled hist TV below every "
+              "authors' model's):")  # fmt: skip
+        print_table(
+            summary["rows"],
+            [
+                ("solver", "solver"), ("seed", "seed"), ("vpt_median", "VPT median"),
+                ("lyap", "LLE"), ("tv", "hist TV"), ("train_tv", "hist TV (train)"),
+                ("outside", "outside"), ("long_run", "long-run criterion"),
+                ("selected", "chosen by hist TV (train)"),
+            ],
         )  # fmt: skip
+        write_json(out / f"lorenz63_seeds{suffix}.json", summary)
+    return [r for rows in by_seed.values() for r in rows]
+
+
+def report_seed(rows, seed, iterations, authors_dir, out, *, figures):
+    """One seed's table, paired comparisons, summary figure and JSON."""
     truth_row = rows[0]["truth"]
-    if not args.no_figures:
+    if figures:
         plot_summary(rows, truth_row, out)
     table = [
         dict(
@@ -307,8 +344,8 @@ def main(argv=None):
         )
         for r in rows
     ]  # fmt: skip
-    if names:
-        print(f"\nLorenz'63, {args.iterations} L-BFGS iterations, seed {args.seed}:")
+    if iterations is not None:
+        print(f"\nLorenz'63, {iterations} L-BFGS iterations, seed {seed}:")
     else:
         print("\nLorenz'63:")
     if authors_dir is not None:
@@ -348,7 +385,6 @@ def main(argv=None):
             ],
         )  # fmt: skip
     write_json(
-        out / f"lorenz63_seed{args.seed}.json",
+        out / f"lorenz63_seed{seed}.json",
         dict(truth=truth_row, rows=rows, paired=comparisons),
     )
-    return rows

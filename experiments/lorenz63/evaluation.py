@@ -312,3 +312,40 @@ def paired_comparisons(rows: list[dict]) -> list[dict]:
         for a, b in pairs
         if a in by and b in by
     ]
+
+
+def seed_summary(by_seed: dict[int, list[dict]]) -> dict:
+    """The trained models of several seeds side by side: per model, its median VPT,
+    median exponent, pooled histogram distances (test runs, and training runs against
+    the training split), whether it meets the long-run criterion (largest exponent
+    within 10% of the true one and a pooled TV below every authors' model present),
+    and, per solver, the seed a test-free rule would pick: the smallest "hist TV
+    (train)", which reads the training split only."""
+    rows = []
+    for seed, seed_rows in by_seed.items():
+        authors_tv = [
+            float(np.mean(r["attractor"]["tv"]))
+            for r in seed_rows
+            if r["solver"] in AUTHORS
+        ]
+        for r in seed_rows:
+            if r["solver"] in AUTHORS:
+                continue
+            tv = float(np.mean(r["attractor"]["tv"]))
+            lle_ok = (
+                abs(r["lyapunov"] - tdd.LORENZ63_LYAPUNOV_EXPONENT)
+                <= 0.1 * tdd.LORENZ63_LYAPUNOV_EXPONENT
+            )
+            rows.append(
+                dict(
+                    solver=r["solver"], seed=seed, vpt_median=r["vpt"]["median"],
+                    lyap=r["lyapunov"], tv=tv, train_tv=r["attractor_train"]["tv"],
+                    outside=r["attractor"]["outside_fraction"],
+                    long_run=bool(lle_ok and all(tv < a for a in authors_tv)),
+                    selected=False,
+                )
+            )  # fmt: skip
+    for solver in {r["solver"] for r in rows}:
+        mine = [r for r in rows if r["solver"] == solver]
+        min(mine, key=lambda r: r["train_tv"])["selected"] = True
+    return dict(rows=rows)
