@@ -716,6 +716,30 @@ def test_spread_counts_diverged_runs_as_infinite():
     assert spread([0.5])["median"] == 0.5
 
 
+def test_capture_fractions_of_a_sink_a_source_and_a_bounded_basin():
+    """A sink captures every start, a source none, and the radial field
+    r' = -r (1 - r) about the point (attracting within r < 1, repelling beyond)
+    captures the starts inside its basin only."""
+    from experiments.lorenz63.evaluation import capture_fractions
+
+    rk4 = tdd.RK4Step()
+    point = np.array([1.0, -2.0, 0.5])
+    sink = lambda x: -0.01 * (x - point)
+    source = lambda x: 0.01 * (x - point)
+    assert capture_fractions(rk4, sink, point, (1.0, 4.0), n_steps=200) == {
+        "1.00": 1.0, "4.00": 1.0,
+    }  # fmt: skip
+    assert capture_fractions(rk4, source, point, (1.0,), n_steps=200) == {"1.00": 0.0}
+
+    def bounded(x):  # the radial field r' = -r (1 - r) about `point`
+        y = x - point
+        r = jnp.linalg.norm(y, axis=-1, keepdims=True)
+        return -0.05 * y * (1.0 - r)
+
+    got = capture_fractions(rk4, bounded, point, (0.5, 1.5), n_steps=400)
+    assert got == {"0.50": 1.0, "1.50": 0.0}
+
+
 def test_long_runs_must_fit_the_test_split(tmp_path):
     from experiments import lorenz63
     from experiments.lorenz63.evaluation import references

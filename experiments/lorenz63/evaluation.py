@@ -19,7 +19,8 @@ from .training import step_summary
 
 # The version of what `evaluate` computes: a saved result of another version is
 # evaluated again (from the checkpoint) rather than read back without a metric.
-# 2: the equilibria and the long runs from training points (2026-12-06).
+# 2: the equilibria (with their basins) and the long runs from training points
+# (2026-12-06).
 METRICS_VERSION = 2
 
 one_step = eqx.filter_jit(lambda step, f, x: step(f, x))
@@ -42,7 +43,9 @@ def equilibrium_summary(field, dt: float) -> dict:
     and the origin): each point, its distance to the true one (state units), whether
     Newton converged, and the largest real part
     and imaginary part of the field's eigenvalues there, per time unit (a negative
-    `growth` attracts; the truth: 0.094 and 10.19 at C+-, 11.83 at the origin)."""
+    `growth` attracts; the truth: 0.094 and 10.19 at C+-, 11.83 at the origin).
+    `evaluate` adds where the long runs pass each point and, for an attracting one,
+    its `capture_fractions`."""
     starts = tdd.Lorenz63().equilibria().astype(jnp.result_type(float))
     eq = tdd.equilibria(field, starts)
     ev = np.linalg.eigvals(np.asarray(eq.jacobians)) / dt
@@ -56,6 +59,20 @@ def equilibrium_summary(field, dt: float) -> dict:
         )
         for i, name in enumerate(("C+", "C-", "origin"))
     }
+
+
+def capture_fractions(step, f, point, radii, *, n_steps: int = 3000, n_dirs: int = 32):
+    """How far an equilibrium `point` `(3,)` of the learned map attracts: for each
+    radius r, the fraction of `n_dirs` starts at distance r (fixed random directions)
+    whose free run ends, after `n_steps` steps, within r / 2 of the point."""
+    u = np.random.default_rng(0).standard_normal((n_dirs, 3))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    out = {}
+    for r in radii:
+        traj, _ = rollout(step, f, jnp.asarray(point + r * u), n_steps)
+        d = np.linalg.norm(np.asarray(traj[:, -1]) - point, axis=-1)
+        out[f"{r:.2f}"] = float(np.mean(np.isfinite(d) & (d < r / 2)))
+    return out
 
 
 def outside_fraction(runs, ranges) -> float:
@@ -164,6 +181,17 @@ def evaluate(cfg: LorenzConfig, mlp, train_x, test_x, refs, log):
     row["inference_long_run"] = step_summary(
         jax.tree.map(lambda a: a.reshape(-1), long_info)
     )
+    # Where the long runs pass the equilibria, and, for one that attracts, the share
+    # of starts it captures at distances 1, 2, 4 and at that closest approach.
+    # (None where every run diverged)
+    for eq in row["equilibria"].values():
+        point = np.asarray(eq["point"])
+        d = np.linalg.norm(long_runs - point, axis=-1)
+        closest = float(d[np.isfinite(d)].min()) if np.isfinite(d).any() else None
+        eq["closest_approach"] = closest
+        if eq["growth"] < 0:
+            radii = (1.0, 2.0, 4.0) + (() if closest is None else (closest,))
+            eq["capture"] = capture_fractions(step, f, point, radii)
     # The same from training points, against the training split's own histogram: a
     # long-run check that needs no data beyond the training split (for choosing
     # between trained models without the test split).
