@@ -19,9 +19,9 @@ from .training import step_summary
 
 # The version of what `evaluate` computes: a saved result of another version is
 # evaluated again (from the checkpoint) rather than read back without a metric.
-# 2: the equilibria (with their basins) and the long runs from training points
+# 2: the equilibria and the long runs from training points; 3: the equilibria's basins
 # (2026-12-06).
-METRICS_VERSION = 2
+METRICS_VERSION = 3
 
 one_step = eqx.filter_jit(lambda step, f, x: step(f, x))
 rollout = eqx.filter_jit(tdd.rollout)
