@@ -491,6 +491,8 @@ SCRIPT_FLAGS = {
             "--stall-window": ["-1", "7"],
             "--long-runs": ["0"],
             "--input-noise": ["-1", "nan"],
+            "--stability-weight": ["-1", "nan"],
+            "--stability-starts": ["0"],
             "--min-improvement": ["0", "1.5", "nan"],
             "--seed": ["-1", "0,0", "x"],
         },

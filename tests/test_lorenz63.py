@@ -706,6 +706,83 @@ def test_training_windows_with_input_noise():
     assert not np.array_equal(other, both)
 
 
+class AffineField(eqx.Module):
+    """f(x) = a x + b (one state `(3,)`), an equilibrium at -a^-1 b."""
+
+    a: jax.Array
+    b: jax.Array
+
+    def __call__(self, x):
+        return self.a @ x + self.b
+
+
+def test_stability_prior_by_hand():
+    """The prior is weight x mean over starts of relu(-growth)^2 at the equilibria
+    Newton reaches inside the box, growth = max Re(eig) / dt; 0 for an unstable or
+    outside equilibrium; its gradient, by hand, reaches only the eigenvalue that sets
+    the growth (d lambda_max / d a = e1 e1^T for a diagonal a)."""
+    from experiments import lorenz63
+
+    dt, weight = 0.5, 3.0
+    x_star = np.array([1.0, 2.0, 3.0])
+    a = jnp.diag(jnp.array([-0.1, -0.2, -0.3]))
+    field = AffineField(a, -a @ x_star)
+    starts = jnp.array([[0.0, 0.0, 0.0], [5.0, -1.0, 2.0]])
+    box = jnp.array([[0.0, 0.0, 0.0], [4.0, 4.0, 4.0]])
+    prior = lorenz63.StabilityPrior(starts=starts, box=box, dt=dt, weight=weight)
+    growth, valid = prior.growth(field)
+    np.testing.assert_allclose(np.asarray(growth), [-0.2, -0.2], rtol=1e-12)
+    assert bool(valid.all())
+    np.testing.assert_allclose(float(prior(field)), weight * 0.04, rtol=1e-12)
+    grad = jax.grad(lambda m: prior(m))(field)
+    want = np.zeros((3, 3))
+    want[0, 0] = weight * 2 * (0.1 / dt) * (-1 / dt)  # d/da00 of (-a00 / dt)^2
+    np.testing.assert_allclose(np.asarray(grad.a), want, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(grad.b), 0.0, atol=1e-12)  # point held
+    # An unstable direction (growth > 0), or the equilibrium outside the box: 0.
+    unstable = AffineField(a.at[2, 2].set(0.05), -a.at[2, 2].set(0.05) @ x_star)
+    assert float(prior(unstable)) == 0.0
+    outside = eqx.tree_at(lambda p: p.box, prior, box.at[1, 2].set(2.5))
+    assert float(outside(field)) == 0.0
+    assert not bool(outside.growth(field)[1].any())
+
+
+def test_stability_prior_of_a_config(tmp_path):
+    """Off at weight 0; otherwise its starts are evenly spaced training points and its
+    box their bounding box, and the training loss is the rollout loss plus it."""
+    from experiments import lorenz63
+
+    x = np.asarray(generate_lorenz63(41, 0.01, np.array([1.0, 1.0, 20.0])))
+    cfg = lorenz63.LorenzConfig(solver="rk4", hidden=8)
+    assert lorenz63.stability_prior(x, cfg) is None
+    cfg = dataclasses.replace(cfg, stability_weight=2.0, stability_starts=5)
+    prior = lorenz63.stability_prior(x, cfg)
+    np.testing.assert_array_equal(np.asarray(prior.starts), x[[0, 10, 20, 30, 40]])
+    np.testing.assert_array_equal(np.asarray(prior.box), [x.min(0), x.max(0)])
+    assert (prior.dt, prior.weight) == (cfg.dt, 2.0)
+    step, _ = lorenz63.make_steppers(cfg)
+    params, static = eqx.partition(
+        lorenz63.AutonomousMLP(8, 2, seed=0), eqx.is_inexact_array
+    )
+    w = jnp.asarray(lorenz63.rollout_windows(x, 1))
+    total = lorenz63.training_loss(params, static, step, w, prior)
+    plain = lorenz63.rollout_loss(params, static, step, w)[0]
+    np.testing.assert_allclose(
+        float(total), float(plain) + float(prior(eqx.combine(params, static))),
+        rtol=1e-12,
+    )  # fmt: skip
+    assert float(lorenz63.training_loss(params, static, step, w, None)) == float(plain)
+    # Training with it records the prior and the starts an equilibrium attracts.
+    lines = []
+    _, history = lorenz63.train(
+        dataclasses.replace(cfg, iterations=2), x, tmp_path,
+        checkpoint_every=2, log_every=1, log=lines.append,
+    )  # fmt: skip
+    last = history["train"][-1]
+    assert last["prior"] >= 0 and 0 <= last["attracting_starts"] <= 5
+    assert "starts attracted" in lines[-1]
+
+
 def test_spread_counts_diverged_runs_as_infinite():
     """One diverged orbit (NaN) neither hides the median nor the range: it counts as
     +inf and is counted."""

@@ -33,8 +33,8 @@ evaluates only them).
 
 The package: `config` (solvers, the authors' models, `LorenzConfig`), `model` (the
 field, the study's models, the one-step rules, the data), `training` (L-BFGS on the
-one-step or rollout loss), `evaluation` (free runs and every metric), `figures`, `cli`
-(runs and the command line).
+one-step or rollout loss, optionally with the stability prior), `evaluation` (free
+runs and every metric), `figures`, `cli` (runs and the command line).
 
     python -m experiments.lorenz63 --iterations 300
     python -m experiments.lorenz63 --solvers none --authors-models DIR
@@ -64,7 +64,10 @@ from .training import (
     one_step_loss as one_step_loss,
     rollout_loss as rollout_loss,
     rollout_windows as rollout_windows,
+    stability_prior as stability_prior,
+    StabilityPrior as StabilityPrior,
     stop_iteration as stop_iteration,
     train as train,
+    training_loss as training_loss,
     training_windows as training_windows,
 )

@@ -212,6 +212,16 @@ def main(argv=None):
         "this standard deviation (data units; 0: the study's data only)",
     )  # fmt: skip
     parser.add_argument(
+        "--stability-weight", type=nonnegative_float,
+        default=defaults.stability_weight,
+        help="add this weight x the penalty on attracting equilibria of the learned "
+        "field inside the training data's box (training.StabilityPrior; 0: off)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--stability-starts", type=positive_int, default=defaults.stability_starts,
+        help="the penalty's Newton starts: this many training points, evenly spaced",
+    )  # fmt: skip
+    parser.add_argument(
         "--stall-window", type=nonnegative_int, default=defaults.stall_window,
         help="stopping rule: stop at the first multiple of this many iterations where "
         "the training MSE fell by less than --min-improvement over the last window "
@@ -262,6 +272,8 @@ def main(argv=None):
             n_points=args.n_points, hidden=args.hidden,
             threshold=args.threshold, data=args.data, rollout=args.rollout,
             input_noise=args.input_noise, stall_window=args.stall_window,
+            stability_weight=args.stability_weight,
+            stability_starts=args.stability_starts,
             min_improvement=args.min_improvement,
         )  # fmt: skip
 
@@ -272,8 +284,10 @@ def main(argv=None):
             memo["refs"] = references(cfg, train_x, test_x, out / "cache")
         return memo["refs"]
 
-    suffix = ("" if args.rollout == 1 else f"_rollout{args.rollout}") + (
-        f"_noise{args.input_noise:g}" if args.input_noise else ""
+    suffix = (
+        ("" if args.rollout == 1 else f"_rollout{args.rollout}")
+        + (f"_noise{args.input_noise:g}" if args.input_noise else "")
+        + (f"_stability{args.stability_weight:g}" if args.stability_weight else "")
     )
     by_seed = {}
     for seed in args.seed:

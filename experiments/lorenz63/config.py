@@ -26,6 +26,7 @@ EVAL_FIELDS = (
 TRAIN_FIELDS = (
     "solver", "hidden", "depth", "memory_size", "safety", "max_substeps", "rtol",
     "atol", "dt", "data", "n_points", "seed", "rollout", "input_noise",
+    "stability_weight", "stability_starts",
 )  # fmt: skip
 
 
@@ -66,6 +67,13 @@ class LorenzConfig:
     # to be undone in one step in every direction, the unstable one too, where the true
     # flow would grow it; too much noise teaches a less chaotic map.
     input_noise: float = 0.0
+    # With a positive weight, the loss adds `training.StabilityPrior`: weight x the
+    # mean over `stability_starts` Newton starts (training points) of relu(-growth)^2,
+    # growth (per time unit) of the equilibrium reached, if inside the data's box. The
+    # data never settle on a point, so an attracting equilibrium among them is wrong,
+    # and free runs that pass near one are captured. 0: the study's loss.
+    stability_weight: float = 0.0
+    stability_starts: int = 64
     # The stopping rule (it ends a run, it does not change its trajectory, so it is not
     # in TRAIN_FIELDS): stop at the first multiple of `stall_window` iterations where
     # the training MSE (one step, from the true points) fell by less than the fraction

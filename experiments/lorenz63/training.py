@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jaxtyping import Array, Bool, Float
 
 import tadiffeq as td
 import tadiffeq.dynamics as tdd
@@ -81,9 +82,75 @@ def training_windows(train_x: np.ndarray, cfg: LorenzConfig) -> np.ndarray:
     return np.concatenate([windows, noisy])
 
 
+class StabilityPrior(eqx.Module):
+    """A penalty on attracting equilibria of the learned field inside the data's box.
+
+    The training trajectories never settle on a point, so a field with an equilibrium
+    that attracts nearby states, inside the region the data cover, contradicts them;
+    a one-step loss barely sees it (free runs that pass close are captured:
+    docs/lorenz63.md, section 6). Each evaluation runs Newton
+    (`tadiffeq.dynamics.equilibria`) from `starts`, keeps the points it converged to
+    inside `box`, and returns `weight` times the mean over starts of
+    `relu(-growth)^2`, `growth` the largest real part of the Jacobian's eigenvalues
+    there, per time unit (the field is in rescaled time, so divided by `dt`). A
+    start whose Newton fails, or lands outside `box`, adds 0.
+
+    The points are held fixed under differentiation (`stop_gradient`): for a
+    piecewise-linear (ReLU) field the Jacobian is constant near a point, so moving
+    the point changes nothing almost everywhere.
+    """
+
+    starts: Float[Array, "n 3"]  # Newton's starting points (training points)
+    box: Float[Array, "2 3"]  # lower and upper corner
+    dt: float = eqx.field(static=True)
+    weight: float = eqx.field(static=True)
+
+    def growth(self, model) -> tuple[Float[Array, " n"], Bool[Array, " n"]]:
+        """`(growth, valid)`, both `(n,)`: per start, the growth rate (per time unit)
+        at the equilibrium Newton reached, and whether it counts."""
+        frozen = jax.lax.stop_gradient(model)
+        eq = tdd.equilibria(frozen, self.starts, max_steps=50)
+        points = jax.lax.stop_gradient(eq.points)
+        inside = jnp.all((points >= self.box[0]) & (points <= self.box[1]), axis=1)
+        valid = eq.converged & inside
+        # (an invalid row is evaluated at its start, so nothing non-finite reaches
+        # the eigenvalues' gradient)
+        points = jnp.where(valid[:, None], points, self.starts)
+        jac = jax.vmap(jax.jacfwd(model))(points)
+        return jnp.max(jnp.linalg.eigvals(jac).real, axis=1) / self.dt, valid
+
+    def __call__(self, model) -> Float[Array, ""]:
+        growth, valid = self.growth(model)
+        return self.weight * jnp.mean(jnp.where(valid, jax.nn.relu(-growth) ** 2, 0.0))
+
+
+def stability_prior(train_x: np.ndarray, cfg: LorenzConfig) -> StabilityPrior | None:
+    """The `StabilityPrior` of `cfg` (`None` when `cfg.stability_weight` is 0): its
+    starts `cfg.stability_starts` training points evenly spaced along the series,
+    its box the training points' bounding box."""
+    if cfg.stability_weight == 0:
+        return None
+    x = np.asarray(train_x)
+    idx = np.linspace(0, len(x) - 1, cfg.stability_starts).round().astype(int)
+    return StabilityPrior(
+        starts=jnp.asarray(x[idx]),
+        box=jnp.asarray(np.stack([x.min(0), x.max(0)])),
+        dt=cfg.dt,
+        weight=cfg.stability_weight,
+    )
+
+
+def training_loss(params, static, step, windows, prior: StabilityPrior | None):
+    """The training objective: `rollout_loss`, plus `prior` if given."""
+    loss = rollout_loss(params, static, step, windows)[0]
+    if prior is not None:
+        loss = loss + prior(eqx.combine(params, static))
+    return loss
+
+
 @eqx.filter_jit
-def lbfgs_iteration(params, opt_state, static, step, optimizer, windows):
-    loss_fn = lambda p: rollout_loss(p, static, step, windows)[0]
+def lbfgs_iteration(params, opt_state, static, step, optimizer, windows, prior=None):
+    loss_fn = lambda p: training_loss(p, static, step, windows, prior)
     value, grad = optax.value_and_grad_from_state(loss_fn)(params, state=opt_state)
     updates, opt_state = optimizer.update(
         grad, opt_state, params, value=value, grad=grad, value_fn=loss_fn
@@ -93,6 +160,7 @@ def lbfgs_iteration(params, opt_state, static, step, optimizer, windows):
 
 
 diagnostics = eqx.filter_jit(one_step_loss)
+attracting = eqx.filter_jit(StabilityPrior.growth)
 
 
 def stop_iteration(history: dict, window: int, min_improvement: float) -> int | None:
@@ -142,6 +210,7 @@ def train(
     x_prev = jnp.asarray(train_x[:-1])
     x_next = jnp.asarray(train_x[1:])
     windows = jnp.asarray(training_windows(train_x, cfg))
+    prior = stability_prior(train_x, cfg)
     mlp = AutonomousMLP(cfg.hidden, cfg.depth, seed=cfg.seed)
     params, static = eqx.partition(mlp, eqx.is_inexact_array)
     optimizer = lbfgs(cfg.memory_size)
@@ -191,11 +260,19 @@ def train(
         s = step_summary(info)
         history["iteration"].append(step)
         history["loss"].append(float(loss))
+        extra = ""
+        if prior is not None:
+            growth, valid = attracting(prior, eqx.combine(params, static))
+            s["prior"] = float(prior(eqx.combine(params, static)))
+            s["attracting_starts"] = int(np.sum(np.asarray(valid & (growth < 0))))
+            extra = (
+                f" prior {s['prior']:.2e} ({s['attracting_starts']} starts attracted)"
+            )
         history["train"].append(s)
         log(
             f"  [{cfg.solver}] it {step}/{cfg.iterations} loss {float(loss):.3e} "
             f"accepted {100 * s['acceptance']:.1f}% substeps "
-            f"{s['mean_substeps']:.2f} ({time.perf_counter() - t_start:.0f} s)"
+            f"{s['mean_substeps']:.2f}{extra} ({time.perf_counter() - t_start:.0f} s)"
         )
 
     if step == 0 and not history["iteration"]:
@@ -203,7 +280,7 @@ def train(
     stop = rule(history)  # the rule changes only where a loss is recorded
     while step < cfg.iterations and stop is None:
         params, opt_state, value, evals = lbfgs_iteration(
-            params, opt_state, static, train_step, optimizer, windows
+            params, opt_state, static, train_step, optimizer, windows, prior
         )
         step += 1
         history["evals"].append(int(evals))
