@@ -218,8 +218,11 @@ def _setup(cfg: RegConfig) -> _Setup:
     )  # fmt: skip
 
 
+TIMING_REPEATS = 7  # rounds of `time_interleaved`; the median is reported
+
+
 def time_interleaved(
-    runs: list[tuple[RegConfig, pathlib.Path]], repeats: int = 7
+    runs: list[tuple[RegConfig, pathlib.Path]], repeats: int = TIMING_REPEATS
 ) -> list[float]:
     """The median wall time (s) of predicting the test split with each finished run's
     model (restored from its checkpoint), the models timed round-robin in this one
@@ -268,7 +271,9 @@ def print_timing(runs: list[tuple[RegConfig, pathlib.Path]], file: pathlib.Path)
         )
         for (cfg, out), t in zip(runs, times)
     ]  # fmt: skip
-    print("Prediction time, interleaved (median of 7 after compilation):")
+    print(
+        f"Prediction time, interleaved (median of {TIMING_REPEATS} after compilation):"
+    )
     print_table(
         rows, [("run", "run"), ("adjoint", "adjoint"), ("predict_s", "predict s"),
                ("speedup", "speedup")],

@@ -200,6 +200,16 @@ def test_lyapunov_exponents_of_the_true_lorenz_system():
     assert 0.7 < lle < 1.1
     with pytest.raises(ValueError, match="`num_exponents`"):
         tdd.lyapunov_spectrum(step, x0, 10, 0.01, num_exponents=4)
+    for kw, match in [
+        (dict(n_steps=0), "`n_steps` must be a positive int"),
+        (dict(transient=-1), "`transient` must be an int >= 0"),
+        (dict(num_exponents=0), "`num_exponents` must be a positive int"),
+        (dict(dt=math.inf), "`dt` must be"),
+        (dict(dt=0.0), "`dt` must be"),
+    ]:
+        args = dict(n_steps=10, dt=0.01) | kw
+        with pytest.raises(ValueError, match=f"lyapunov_spectrum: {match}"):
+            tdd.lyapunov_spectrum(step, x0, **args)
 
 
 def test_equilibria_of_the_lorenz_system_by_hand():
@@ -269,8 +279,19 @@ def test_valid_prediction_time_on_a_hand_made_example():
     np.testing.assert_allclose(err[0], 0.25 * t / np.std(t))
     with pytest.raises(ValueError, match="same shape"):
         tdd.valid_prediction_time(pred, true[:2], dt=0.5)
-    with pytest.raises(ValueError, match="`dt`"):
-        tdd.valid_prediction_time(pred, true, dt=0.0)
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="valid_prediction_time: `dt`"):
+            tdd.valid_prediction_time(pred, true, dt=bad)
+    with pytest.raises(ValueError, match="`threshold` must be"):
+        tdd.valid_prediction_time(pred, true, dt=0.5, threshold=-0.4)
+    with pytest.raises(ValueError, match="`lyapunov_exponent` must be"):
+        tdd.valid_prediction_time(pred, true, dt=0.5, lyapunov_exponent=math.inf)
+    # A NumPy float counts as its number.
+    np.testing.assert_array_equal(
+        tdd.valid_prediction_time(pred, true, dt=np.float64(0.5), threshold=0.4,
+                                  lyapunov_exponent=0.9, scale=2.0),
+        vpt,
+    )  # fmt: skip
 
 
 def test_attractor_statistics_and_histogram_distance():
@@ -288,6 +309,8 @@ def test_attractor_statistics_and_histogram_distance():
     assert not tdd.attractor_statistics(blown, ranges=ranges).finite
     with pytest.raises(ValueError, match="bin edges"):
         tdd.histogram_distance(a, tdd.attractor_statistics(x, bins=10))
+    with pytest.raises(ValueError, match="attractor_statistics: `bins` must be a pos"):
+        tdd.attractor_statistics(x, bins=0)
 
 
 def test_generator_matches_the_flow_and_caches(tmp_path):

@@ -28,6 +28,7 @@ from .evaluation import (
     evaluate,
     METRICS_VERSION,
     paired_comparisons,
+    pooled_tv,
     references,
     seed_summary,
 )
@@ -347,7 +348,7 @@ def report_seed(rows, seed, iterations, authors_dir, out, *, figures):
             inf_acc=r["inference_free_run"]["acceptance"],
             inf_sub=r["inference_free_run"]["mean_substeps"],
             vpt_mean=r["vpt"]["mean"], vpt_median=r["vpt"]["median"],
-            lyap=r["lyapunov"], tv=float(np.mean(r["attractor"]["tv"])),
+            lyap=r["lyapunov"], tv=pooled_tv(r),
             train_tv=r["attractor_train"]["tv"],
             **{
                 f"growth_{k}": "{growth:.3f} ({distance:.1f})".format(

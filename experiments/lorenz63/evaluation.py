@@ -342,6 +342,12 @@ def paired_comparisons(rows: list[dict]) -> list[dict]:
     ]
 
 
+def pooled_tv(row: dict) -> float:
+    """A model's histogram distance to the true attractor, its long runs pooled (the
+    mean of the per-coordinate distances of `row["attractor"]["tv"]`)."""
+    return float(np.mean(row["attractor"]["tv"]))
+
+
 def seed_summary(by_seed: dict[int, list[dict]]) -> dict:
     """The trained models of several seeds side by side: per model, its median VPT,
     median exponent, pooled histogram distances (test runs, and training runs against
@@ -351,15 +357,11 @@ def seed_summary(by_seed: dict[int, list[dict]]) -> dict:
     (train)", which reads the training split only."""
     rows = []
     for seed, seed_rows in by_seed.items():
-        authors_tv = [
-            float(np.mean(r["attractor"]["tv"]))
-            for r in seed_rows
-            if r["solver"] in AUTHORS
-        ]
+        authors_tv = [pooled_tv(r) for r in seed_rows if r["solver"] in AUTHORS]
         for r in seed_rows:
             if r["solver"] in AUTHORS:
                 continue
-            tv = float(np.mean(r["attractor"]["tv"]))
+            tv = pooled_tv(r)
             lle_ok = (
                 abs(r["lyapunov"] - tdd.LORENZ63_LYAPUNOV_EXPONENT)
                 <= 0.1 * tdd.LORENZ63_LYAPUNOV_EXPONENT

@@ -9,17 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from .._misc import check_float, check_int
 from ._lorenz import LORENZ63_LYAPUNOV_EXPONENT
-
-
-def _positive(name: str, value) -> None:
-    if not value > 0:
-        raise ValueError(f"`{name}` must be positive, got {value}.")
-
-
-def _count(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not (isinstance(value, int) and value >= minimum):
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
 
 
 def attractor_scale(x: ArrayLike) -> Float[Array, ""]:
@@ -97,9 +88,17 @@ def valid_prediction_time(
         }
         ```
     """
-    _positive("dt", dt)
-    _positive("threshold", threshold)
-    _positive("lyapunov_exponent", lyapunov_exponent)
+    check_float("dt", dt, owner="valid_prediction_time", low=0.0, low_open=True)
+    check_float(
+        "threshold", threshold, owner="valid_prediction_time", low=0.0, low_open=True
+    )
+    check_float(
+        "lyapunov_exponent",
+        lyapunov_exponent,
+        owner="valid_prediction_time",
+        low=0.0,
+        low_open=True,
+    )
     err = normalised_error(pred, true, scale=scale)
     bad = ~(err <= threshold)  # NaN and inf count as failures
     steps = jnp.where(jnp.any(bad, axis=-1), jnp.argmax(bad, axis=-1), err.shape[-1])
@@ -155,12 +154,12 @@ def lyapunov_spectrum(
         raise ValueError(f"`x0` must have shape (dim,), got {x0.shape}.")
     dim = x0.shape[0]
     k = dim if num_exponents is None else num_exponents
-    _count("n_steps", n_steps, 1)
-    _count("transient", transient, 0)
-    _count("num_exponents", k, 1)
+    check_int("n_steps", n_steps, owner="lyapunov_spectrum", minimum=1)
+    check_int("transient", transient, owner="lyapunov_spectrum")
+    check_int("num_exponents", k, owner="lyapunov_spectrum", minimum=1)
     if k > dim:
         raise ValueError(f"`num_exponents` must be at most dim = {dim}, got {k}.")
-    _positive("dt", dt)
+    check_float("dt", dt, owner="lyapunov_spectrum", low=0.0, low_open=True)
 
     def body(carry, i):
         x, q, total = carry
@@ -223,7 +222,7 @@ def attractor_statistics(
     runs with [`tadiffeq.dynamics.histogram_distance`][]. Non-finite samples (a run
     that blew up) are left out of the statistics and counted outside the ranges.
     Computed with NumPy on the host (not traceable)."""
-    _count("bins", bins, 1)
+    check_int("bins", bins, owner="attractor_statistics", minimum=1)
     x = np.asarray(x, dtype=np.float64)
     if x.ndim < 2:
         raise ValueError(f"`x` must have shape (..., samples, dim), got {x.shape}.")
