@@ -493,6 +493,8 @@ SCRIPT_FLAGS = {
             "--input-noise": ["-1", "nan"],
             "--stability-weight": ["-1", "nan"],
             "--stability-starts": ["0"],
+            "--stability-iterations": ["0"],
+            "--stability-tolerance": ["0.5", "inf"],
             "--min-improvement": ["0", "1.5", "nan"],
             "--seed": ["-1", "0,0", "x"],
         },

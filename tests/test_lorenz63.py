@@ -460,6 +460,16 @@ def test_experiment_smoke_and_resume(tmp_path, capsys):
     # script's message, not a deserialisation error).
     with pytest.raises(ValueError, match="another configuration"):
         lorenz63.run(dataclasses.replace(cfg, hidden=16), out_dir, **kw)
+    # With the stability repair: the same L-BFGS phase (its checkpoint shared), then
+    # the repair, whose kept model is the one evaluated.
+    stable = dataclasses.replace(
+        cfg, stability_weight=1.0, stability_starts=4, stability_iterations=10
+    )
+    repaired = lorenz63.run(stable, out_dir, **kw)
+    rec = repaired["repair"]
+    assert rec["prior"][rec["iteration"].index(rec["kept"])] == 0
+    assert repaired["train_loss"] == rec["mse"][rec["iteration"].index(rec["kept"])]
+    assert rec["mse"][0] == rows[0]["train_loss"]  # repaired from the trained model
 
 
 def test_experiment_smoke_adaptive_solvers(tmp_path, capsys):
@@ -770,7 +780,7 @@ def test_stability_prior_by_hand():
     assert not bool(outside.growth(field)[1].any())
 
 
-def test_stability_prior_of_a_config(tmp_path):
+def test_stability_prior_of_a_config():
     """Off at weight 0; otherwise its starts are evenly spaced training points and its
     box their bounding box, and the training loss is the rollout loss plus it."""
     from experiments import lorenz63
@@ -795,15 +805,52 @@ def test_stability_prior_of_a_config(tmp_path):
         rtol=1e-12,
     )  # fmt: skip
     assert float(lorenz63.training_loss(params, static, step, w, None)) == float(plain)
-    # Training with it records the prior and the starts an equilibrium attracts.
-    lines = []
-    _, history = lorenz63.train(
-        dataclasses.replace(cfg, iterations=2), x, tmp_path,
-        checkpoint_every=2, log_every=1, log=lines.append,
+
+
+def test_repair_removes_an_attracting_equilibrium(tmp_path):
+    """A ReLU field that is f(x) = -0.1 (x - c) on the data (every unit active), c
+    the data's mean, attracts every start; the repair ends with no start attracted,
+    its record says what it did, a second call reads it back, and a repair of another
+    configuration in the same folder is refused."""
+    from experiments import lorenz63
+
+    x = np.asarray(generate_lorenz63(41, 0.01, np.array([1.0, 1.0, 20.0])))
+    cfg = lorenz63.LorenzConfig(
+        solver="rk4", hidden=8, iterations=0, stability_weight=1.0,
+        stability_starts=5, stability_iterations=20,
     )  # fmt: skip
-    last = history["train"][-1]
-    assert last["prior"] >= 0 and 0 <= last["attracting_starts"] <= 5
-    assert "starts attracted" in lines[-1]
+    c = x.mean(0)
+    w1 = np.zeros((3, 8))
+    w1[:, :3] = np.eye(3)
+    w2 = np.eye(8)
+    w3 = np.zeros((8, 3))
+    w3[:3] = -0.1 * np.eye(3)
+    mlp = eqx.tree_at(
+        lambda m: (m.weights, m.biases),
+        lorenz63.AutonomousMLP(8, 2, seed=0),
+        ([jnp.asarray(w) for w in (w1, w2, w3)],
+         [jnp.full(8, 100.0), jnp.zeros(8), jnp.asarray(0.1 * (c + 100.0))]),
+    )  # fmt: skip
+    prior = lorenz63.stability_prior(x, cfg)
+    growth, valid = prior.growth(mlp)
+    np.testing.assert_allclose(np.asarray(growth), -0.1 / cfg.dt, rtol=1e-9)
+    assert bool(valid.all())
+    repaired, record = lorenz63.repair(cfg, mlp, x, tmp_path, log=print)
+    assert record["attracting_starts"][0] == 5 and record["prior"][0] > 0
+    assert record["projection_steps"] >= 1
+    kept = record["iteration"].index(record["kept"])
+    assert record["prior"][kept] == 0 and record["attracting_starts"][kept] == 0
+    assert float(prior(repaired)) == 0.0
+    again, record2 = lorenz63.repair(cfg, mlp, x, tmp_path, log=print)
+    assert eqx.tree_equal(again, repaired) and record2 == record
+    with pytest.raises(ValueError, match="repair of another run"):
+        lorenz63.repair(
+            dataclasses.replace(cfg, stability_weight=2.0), mlp, x, tmp_path, log=print
+        )
+    with pytest.raises(ValueError, match="positive `stability_weight`"):
+        lorenz63.repair(
+            dataclasses.replace(cfg, stability_weight=0.0), mlp, x, tmp_path, log=print
+        )
 
 
 def test_spread_counts_diverged_runs_as_infinite():

@@ -33,7 +33,7 @@ evaluates only them).
 
 The package: `config` (solvers, the authors' models, `LorenzConfig`), `model` (the
 field, the study's models, the one-step rules, the data), `training` (L-BFGS on the
-one-step or rollout loss, optionally with the stability prior), `evaluation` (free
+one-step or rollout loss; the stability repair), `evaluation` (free
 runs and every metric), `figures`, `cli` (runs and the command line).
 
     python -m experiments.lorenz63 --iterations 300
@@ -62,6 +62,7 @@ from .model import (
 )
 from .training import (
     one_step_loss as one_step_loss,
+    repair as repair,
     rollout_loss as rollout_loss,
     rollout_windows as rollout_windows,
     stability_prior as stability_prior,

@@ -34,7 +34,7 @@ from .evaluation import (
 )
 from .figures import plot_model, plot_summary
 from .model import load_authors_model, load_data, make_steppers
-from .training import diagnostics, step_summary, train
+from .training import diagnostics, repair, step_summary, train
 
 
 def float64(fn):
@@ -87,9 +87,13 @@ def run(
         cfg, train_x, out, checkpoint_every=checkpoint_every, log_every=log_every,
         log=log,
     )  # fmt: skip
+    extra = {}
+    if cfg.stability_weight:
+        mlp, extra["repair"] = repair(cfg, mlp, train_x, out, log=log)
     return _evaluate_and_save(
         cfg, mlp, train_x, test_x, out, refs=refs, figures=figures, log=log,
-        train_loss=history["loss"][-1],
+        # (after a repair, the repaired model's)
+        train_loss=extra["repair"]["mse"][-1] if extra else history["loss"][-1],
         iterations_trained=history["iteration"][-1],
         training_final=history["train"][-1],
         training_mean_acceptance=float(
@@ -99,6 +103,7 @@ def run(
         lbfgs_evals=int(np.sum(history["evals"])),
         history=history,
         data=description,
+        **extra,
     )  # fmt: skip
 
 
@@ -215,12 +220,25 @@ def main(argv=None):
     parser.add_argument(
         "--stability-weight", type=nonnegative_float,
         default=defaults.stability_weight,
-        help="add this weight x the penalty on attracting equilibria of the learned "
-        "field inside the training data's box (training.StabilityPrior; 0: off)",
+        help="after L-BFGS, repair the model with this weight x the penalty on "
+        "attracting equilibria of the learned field inside the training data's box: "
+        "a projection onto penalty 0, then L-BFGS on the loss plus the penalty "
+        "(training.repair; 0: off)",
     )  # fmt: skip
     parser.add_argument(
         "--stability-starts", type=positive_int, default=defaults.stability_starts,
         help="the penalty's Newton starts: this many training points, evenly spaced",
+    )  # fmt: skip
+    parser.add_argument(
+        "--stability-iterations", type=positive_int,
+        default=defaults.stability_iterations,
+        help="the repair's L-BFGS iterations at most",
+    )  # fmt: skip
+    parser.add_argument(
+        "--stability-tolerance", type=positive_float,
+        default=defaults.stability_tolerance,
+        help="the repair stops once the penalty is 0 and the training MSE at most "
+        "this times the trained model's (>= 1)",
     )  # fmt: skip
     parser.add_argument(
         "--stall-window", type=nonnegative_int, default=defaults.stall_window,
@@ -243,6 +261,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.rollout < 1:
         parser.error(f"--rollout must be >= 1, got {args.rollout}")
+    if args.stability_tolerance < 1:
+        parser.error(
+            f"--stability-tolerance must be >= 1, got {args.stability_tolerance}"
+        )
     if args.min_improvement >= 1:
         parser.error(f"--min-improvement must be < 1, got {args.min_improvement}")
     if args.stall_window % args.log_every:
@@ -275,6 +297,8 @@ def main(argv=None):
             input_noise=args.input_noise, stall_window=args.stall_window,
             stability_weight=args.stability_weight,
             stability_starts=args.stability_starts,
+            stability_iterations=args.stability_iterations,
+            stability_tolerance=args.stability_tolerance,
             min_improvement=args.min_improvement,
         )  # fmt: skip
 

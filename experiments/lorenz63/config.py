@@ -26,7 +26,12 @@ EVAL_FIELDS = (
 TRAIN_FIELDS = (
     "solver", "hidden", "depth", "memory_size", "safety", "max_substeps", "rtol",
     "atol", "dt", "data", "n_points", "seed", "rollout", "input_noise",
-    "stability_weight", "stability_starts",
+)  # fmt: skip
+# Fields that fix the stability repair of a trained model (`training.repair`).
+REPAIR_FIELDS = TRAIN_FIELDS + (
+    "iterations", "stall_window", "min_improvement",
+    "stability_weight", "stability_starts", "stability_iterations",
+    "stability_tolerance",
 )  # fmt: skip
 
 
@@ -67,13 +72,20 @@ class LorenzConfig:
     # to be undone in one step in every direction, the unstable one too, where the true
     # flow would grow it; too much noise teaches a less chaotic map.
     input_noise: float = 0.0
-    # With a positive weight, the loss adds `training.StabilityPrior`: weight x the
-    # mean over `stability_starts` Newton starts (training points) of relu(-growth)^2,
-    # growth (per time unit) of the equilibrium reached, if inside the data's box. The
-    # data never settle on a point, so an attracting equilibrium among them is wrong,
-    # and free runs that pass near one are captured. 0: the study's loss.
+    # With a positive weight, L-BFGS is followed by `training.repair` with
+    # `training.StabilityPrior` (weight x the mean over `stability_starts` Newton
+    # starts, training points, of relu(-growth)^2 at the equilibrium reached, growth
+    # per time unit, if inside the data's box): a projection onto prior 0, then at
+    # most `stability_iterations` L-BFGS iterations on the loss plus the prior, until
+    # the prior is 0 and the training MSE within `stability_tolerance` times the
+    # trained model's. The data never settle on a point, so an attracting equilibrium
+    # among them is wrong, and free runs that pass near one are captured. Not in
+    # TRAIN_FIELDS: the L-BFGS phase is the study's, so its checkpoint can be shared.
+    # 0: the study's training.
     stability_weight: float = 0.0
     stability_starts: int = 64
+    stability_iterations: int = 300
+    stability_tolerance: float = 1.2
     # The stopping rule (it ends a run, it does not change its trajectory, so it is not
     # in TRAIN_FIELDS): stop at the first multiple of `stall_window` iterations where
     # the training MSE (one step, from the true points) fell by less than the fraction
