@@ -87,13 +87,14 @@ def run(
         cfg, train_x, out, checkpoint_every=checkpoint_every, log_every=log_every,
         log=log,
     )  # fmt: skip
-    extra = {}
+    extra, train_loss = {}, history["loss"][-1]
     if cfg.stability_weight:
-        mlp, extra["repair"] = repair(cfg, mlp, train_x, out, log=log)
+        mlp, rec = repair(cfg, mlp, train_x, out, log=log)
+        extra["repair"] = rec
+        train_loss = rec["mse"][rec["iteration"].index(rec["kept"])]  # the kept model's
     return _evaluate_and_save(
         cfg, mlp, train_x, test_x, out, refs=refs, figures=figures, log=log,
-        # (after a repair, the repaired model's)
-        train_loss=extra["repair"]["mse"][-1] if extra else history["loss"][-1],
+        train_loss=train_loss,
         iterations_trained=history["iteration"][-1],
         training_final=history["train"][-1],
         training_mean_acceptance=float(
