@@ -34,7 +34,7 @@ from .evaluation import (
 )
 from .figures import plot_model, plot_summary
 from .model import load_authors_model, load_data, make_steppers
-from .training import diagnostics, repair, step_summary, train
+from .training import diagnostics, kept_mse, repair, step_summary, train
 
 
 def float64(fn):
@@ -91,7 +91,7 @@ def run(
     if cfg.stability_weight:
         mlp, rec = repair(cfg, mlp, train_x, out, log=log)
         extra["repair"] = rec
-        train_loss = rec["mse"][rec["iteration"].index(rec["kept"])]  # the kept model's
+        train_loss = kept_mse(rec)
     return _evaluate_and_save(
         cfg, mlp, train_x, test_x, out, refs=refs, figures=figures, log=log,
         train_loss=train_loss,

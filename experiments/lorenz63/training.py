@@ -42,6 +42,17 @@ def lbfgs(memory_size: int):
     return optax.lbfgs(memory_size=memory_size)
 
 
+def init_lbfgs(memory_size: int, params):
+    """`(optimizer, opt_state)`: `lbfgs(memory_size)` and its fresh state for
+    `params`, with strongly typed leaves, so the state's types do not change after one
+    update (which would compile the iteration twice)."""
+    optimizer = lbfgs(memory_size)
+    opt_state = jax.tree.map(
+        lambda a: jnp.asarray(a, dtype=jnp.result_type(a)), optimizer.init(params)
+    )
+    return optimizer, opt_state
+
+
 def one_step_loss(params, static, step, x_prev, x_next):
     """The one-step-ahead MSE from the true previous points, and the step's info."""
     pred, info = step(eqx.combine(params, static), x_prev, x_next)
@@ -108,9 +119,9 @@ class StabilityPrior(eqx.Module):
     def growth(self, model) -> tuple[Float[Array, " n"], Bool[Array, " n"]]:
         """`(growth, valid)`, both `(n,)`: per start, the growth rate (per time unit)
         at the equilibrium Newton reached, and whether it counts."""
-        frozen = jax.lax.stop_gradient(model)
-        eq = tdd.equilibria(frozen, self.starts, max_steps=50)
-        points = jax.lax.stop_gradient(eq.points)
+        # (from the frozen model, the points carry no gradient)
+        eq = tdd.equilibria(jax.lax.stop_gradient(model), self.starts, max_steps=50)
+        points = eq.points
         inside = jnp.all((points >= self.box[0]) & (points <= self.box[1]), axis=1)
         valid = eq.converged & inside
         # (an invalid row is evaluated at its start, so nothing non-finite reaches
@@ -119,9 +130,14 @@ class StabilityPrior(eqx.Module):
         jac = jax.vmap(jax.jacfwd(model))(points)
         return jnp.max(jnp.linalg.eigvals(jac).real, axis=1) / self.dt, valid
 
-    def __call__(self, model) -> Float[Array, ""]:
-        growth, valid = self.growth(model)
+    def penalty(
+        self, growth: Float[Array, " n"], valid: Bool[Array, " n"]
+    ) -> Float[Array, ""]:
+        """The prior's value from `growth(model)`'s output."""
         return self.weight * jnp.mean(jnp.where(valid, jax.nn.relu(-growth) ** 2, 0.0))
+
+    def __call__(self, model) -> Float[Array, ""]:
+        return self.penalty(*self.growth(model))
 
 
 def stability_prior(train_x: np.ndarray, cfg: LorenzConfig) -> StabilityPrior | None:
@@ -166,8 +182,11 @@ def lbfgs_iteration(params, opt_state, static, step, optimizer, windows, prior=N
 
 diagnostics = eqx.filter_jit(one_step_loss)
 attracting = eqx.filter_jit(StabilityPrior.growth)
-prior_value = eqx.filter_jit(StabilityPrior.__call__)
-training_mse = eqx.filter_jit(lambda *args: rollout_loss(*args)[0])
+
+
+def kept_mse(record: dict) -> float:
+    """The training MSE of the model `repair` kept, from its `record`."""
+    return record["mse"][record["iteration"].index(record["kept"])]
 
 
 prior_value_and_grad = eqx.filter_jit(
@@ -217,6 +236,7 @@ def repair(cfg: LorenzConfig, mlp, train_x, out: pathlib.Path, *, log):
         return eqx.combine(params, static), meta["record"]
     train_step, _ = make_steppers(cfg)
     windows = jnp.asarray(training_windows(train_x, cfg))
+    x_prev, x_next = jnp.asarray(train_x[:-1]), jnp.asarray(train_x[1:])
     record = dict(iteration=[], prior=[], mse=[], attracting_starts=[])
     t_start = time.perf_counter()
 
@@ -224,8 +244,10 @@ def repair(cfg: LorenzConfig, mlp, train_x, out: pathlib.Path, *, log):
         model = eqx.combine(params, static)
         growth, valid = attracting(prior, model)
         record["iteration"].append(it)
-        record["prior"].append(float(prior_value(prior, model)))
-        record["mse"].append(float(training_mse(params, static, train_step, windows)))
+        record["prior"].append(float(prior.penalty(growth, valid)))
+        # (the one-step MSE from the true points, as `train` records)
+        mse, _ = diagnostics(params, static, train_step, x_prev, x_next)
+        record["mse"].append(float(mse))
         record["attracting_starts"].append(
             int(np.sum(np.asarray(valid & (growth < 0))))
         )
@@ -243,11 +265,12 @@ def repair(cfg: LorenzConfig, mlp, train_x, out: pathlib.Path, *, log):
     record["projection_steps"] = steps
     check(0, params)
     limit = cfg.stability_tolerance * record["mse"][0]
-    best, kept = (params, 0) if record["prior"][-1] == 0 else (None, None)
-    optimizer = lbfgs(cfg.memory_size)
-    opt_state = jax.tree.map(
-        lambda a: jnp.asarray(a, dtype=jnp.result_type(a)), optimizer.init(params)
+    best, kept, best_mse = (
+        (params, 0, record["mse"][-1])
+        if record["prior"][-1] == 0
+        else (None, None, None)
     )
+    optimizer, opt_state = init_lbfgs(cfg.memory_size, params)
     evals = []
     for it in range(1, cfg.stability_iterations + 1):
         params, opt_state, _, e = lbfgs_iteration(
@@ -257,11 +280,8 @@ def repair(cfg: LorenzConfig, mlp, train_x, out: pathlib.Path, *, log):
         if it % REPAIR_CHECK_EVERY and it != cfg.stability_iterations:
             continue
         check(it, params)
-        if record["prior"][-1] == 0 and (
-            best is None
-            or record["mse"][-1] < record["mse"][record["iteration"].index(kept)]
-        ):
-            best, kept = params, it
+        if record["prior"][-1] == 0 and (best is None or record["mse"][-1] < best_mse):
+            best, kept, best_mse = params, it, record["mse"][-1]
         if record["prior"][-1] == 0 and record["mse"][-1] <= limit:
             break
     if best is None:
@@ -269,7 +289,6 @@ def repair(cfg: LorenzConfig, mlp, train_x, out: pathlib.Path, *, log):
             f"[{cfg.solver}] the repair found no model without an attracting point."
         )
     record.update(lbfgs_evals=evals, kept=kept, seconds=time.perf_counter() - t_start)
-    best_mse = record["mse"][record["iteration"].index(kept)]
     log(
         f"  [{cfg.solver}] repair: projection {steps} steps (training MSE "
         f"{record['mse'][0]:.3e} -> {record['mse'][1]:.3e}), then L-BFGS with the "
@@ -330,12 +349,7 @@ def train(
     windows = jnp.asarray(training_windows(train_x, cfg))
     mlp = AutonomousMLP(cfg.hidden, cfg.depth, seed=cfg.seed)
     params, static = eqx.partition(mlp, eqx.is_inexact_array)
-    optimizer = lbfgs(cfg.memory_size)
-    # Strongly typed leaves, so the state's types do not change after one update
-    # (which would compile the iteration twice).
-    opt_state = jax.tree.map(
-        lambda a: jnp.asarray(a, dtype=jnp.result_type(a)), optimizer.init(params)
-    )
+    optimizer, opt_state = init_lbfgs(cfg.memory_size, params)
 
     ckpt = td.Checkpointer(out / "checkpoint")
     history = dict(iteration=[], loss=[], evals=[], train=[], seconds=0.0)

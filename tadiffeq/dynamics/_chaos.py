@@ -88,17 +88,12 @@ def valid_prediction_time(
         }
         ```
     """
-    check_float("dt", dt, owner="valid_prediction_time", low=0.0, low_open=True)
-    check_float(
-        "threshold", threshold, owner="valid_prediction_time", low=0.0, low_open=True
-    )
-    check_float(
-        "lyapunov_exponent",
-        lyapunov_exponent,
-        owner="valid_prediction_time",
-        low=0.0,
-        low_open=True,
-    )
+    for name, value in (
+        ("dt", dt),
+        ("threshold", threshold),
+        ("lyapunov_exponent", lyapunov_exponent),
+    ):
+        check_float(name, value, owner="valid_prediction_time", low=0.0, low_open=True)
     err = normalised_error(pred, true, scale=scale)
     bad = ~(err <= threshold)  # NaN and inf count as failures
     steps = jnp.where(jnp.any(bad, axis=-1), jnp.argmax(bad, axis=-1), err.shape[-1])
