@@ -491,6 +491,7 @@ SCRIPT_FLAGS = {
             "--stall-window": ["-1", "7"],
             "--long-runs": ["0"],
             "--input-noise": ["-1", "nan"],
+            "--symmetry": ["mirror"],
             "--stability-weight": ["-1", "nan"],
             "--stability-starts": ["0"],
             "--stability-iterations": ["0"],

@@ -895,3 +895,76 @@ def test_long_runs_must_fit_the_test_split(tmp_path):
     cfg = lorenz63.LorenzConfig(data="generated", num_ics=2, horizon=5, long_runs=21)
     with pytest.raises(ValueError, match="--long-runs must be between 1 and the 20"):
         references(cfg, x[:20], x[20:], tmp_path)
+
+
+def test_symmetrized_field_by_hand(tmp_path):
+    """Over {I, S}, a linear field x -> a x becomes x -> (a + S a S) / 2 x; the result
+    is equivariant (f(S x) = S f(x)) whatever the field, Lorenz'63 (equivariant
+    already) is unchanged, a learned field's equilibria come in mirror pairs with the
+    same linearisation, and the group is static: only the field's parameters train."""
+    from experiments import lorenz63
+
+    s = np.diag([-1.0, -1.0, 1.0])
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 3)) * 5)
+    sym = tdd.Symmetrized(linear_field(A), tdd.LORENZ63_SYMMETRY)
+    np.testing.assert_allclose(
+        np.asarray(sym(x)), np.asarray(x) @ ((A + s @ A @ s) / 2).T, rtol=1e-14
+    )
+    lorenz = tdd.Lorenz63()
+    assert float(jnp.max(jnp.abs(tdd.Symmetrized(lorenz, tdd.LORENZ63_SYMMETRY)(x) -
+                                 lorenz(x)))) == 0.0  # fmt: skip
+    cfg = lorenz63.LorenzConfig(hidden=8, symmetry="lorenz")
+    field = lorenz63.make_field(cfg)
+    plain = lorenz63.make_field(dataclasses.replace(cfg, symmetry="none"))
+    assert isinstance(field, tdd.Symmetrized) and eqx.tree_equal(field.field, plain)
+    assert td.count_parameters(field) == td.count_parameters(plain)
+    np.testing.assert_allclose(
+        np.asarray(field(x @ s)), np.asarray(field(x)) @ s, rtol=1e-12, atol=1e-12
+    )
+    assert not np.allclose(np.asarray(plain(x @ s)), np.asarray(plain(x)) @ s)
+    assert field(x[0]).shape == (3,)  # one state, as equilibria calls it
+    starts = jnp.asarray([[3.0, 2.0, 25.0], [-3.0, -2.0, 25.0]])
+    eq = tdd.equilibria(field, starts)
+    if bool(eq.converged.all()):
+        np.testing.assert_allclose(
+            np.asarray(eq.points[1]), s @ np.asarray(eq.points[0]), atol=1e-9
+        )
+        np.testing.assert_allclose(
+            np.asarray(eq.jacobians[1]), s @ np.asarray(eq.jacobians[0]) @ s,
+            atol=1e-9,
+        )  # fmt: skip
+    params, _ = eqx.partition(field, eqx.is_inexact_array)
+    assert len(jax.tree.leaves(params)) == len(jax.tree.leaves(plain))
+    grad = eqx.filter_grad(lambda f: jnp.sum(f(x) ** 2))(field)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grad))
+    with pytest.raises(ValueError, match="`symmetry` must be one of"):
+        lorenz63.make_field(dataclasses.replace(cfg, symmetry="mirror"))
+    # Training builds the symmetric field, and its checkpoint is not the study's.
+    data = np.asarray(generate_lorenz63(30, 0.01, np.array([1.0, 1.0, 20.0])))
+    cfg = dataclasses.replace(cfg, solver="rk4", iterations=2)
+    kw = dict(checkpoint_every=1, log_every=1, log=lambda _: None)
+    trained, _ = lorenz63.train(cfg, data, tmp_path, **kw)
+    assert isinstance(trained, tdd.Symmetrized)
+    with pytest.raises(ValueError, match="checkpoint of another configuration"):
+        lorenz63.train(dataclasses.replace(cfg, symmetry="none"), data, tmp_path, **kw)
+
+
+def test_symmetrized_field_errors():
+    f = tdd.Lorenz63()
+    with pytest.raises(ValueError, match=r"`group\[1\]` is not orthogonal"):
+        tdd.Symmetrized(f, [np.eye(3), 2 * np.eye(3)])
+    with pytest.raises(ValueError, match="must contain the identity"):
+        tdd.Symmetrized(f, [-np.eye(3)])
+    with pytest.raises(ValueError, match="is not closed"):
+        rot = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+        tdd.Symmetrized(f, [np.eye(3), rot])  # a quarter turn without its powers
+    with pytest.raises(ValueError, match="differ in size"):
+        tdd.Symmetrized(f, [np.eye(3), np.eye(2)])
+    with pytest.raises(ValueError, match="non-empty sequence of square matrices"):
+        tdd.Symmetrized(f, [np.ones((3, 2))])
+    with pytest.raises(ValueError, match=r"`x` must have shape \(\.\.\., 3\)"):
+        tdd.Symmetrized(f, tdd.LORENZ63_SYMMETRY)(jnp.ones((2, 4)))
+    # The quarter turn with its powers is a group: accepted.
+    rot = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    quarter = [np.linalg.matrix_power(rot, k) for k in range(4)]
+    assert len(tdd.Symmetrized(f, quarter).group) == 4

@@ -58,6 +58,7 @@ from .model import (
     AutonomousMLP as AutonomousMLP,
     load_authors_model as load_authors_model,
     load_data as load_data,
+    make_field as make_field,
     make_steppers as make_steppers,
 )
 from .training import (

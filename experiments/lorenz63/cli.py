@@ -23,7 +23,7 @@ from ..common import (
     print_table,
     write_json,
 )
-from .config import AUTHORS, EVAL_FIELDS, LorenzConfig, SOLVERS
+from .config import AUTHORS, EVAL_FIELDS, LorenzConfig, SOLVERS, SYMMETRIES
 from .evaluation import (
     evaluate,
     METRICS_VERSION,
@@ -219,6 +219,12 @@ def main(argv=None):
         "this standard deviation (data units; 0: the study's data only)",
     )  # fmt: skip
     parser.add_argument(
+        "--symmetry", default=defaults.symmetry, choices=SYMMETRIES,
+        help="'lorenz': the field averaged with its mirror image under "
+        "(x1, x2, x3) -> (-x1, -x2, x3), Lorenz'63's symmetry (tadiffeq.dynamics."
+        "Symmetrized); 'none': the study's field",
+    )  # fmt: skip
+    parser.add_argument(
         "--stability-weight", type=nonnegative_float,
         default=defaults.stability_weight,
         help="after L-BFGS, repair the model with this weight x the penalty on "
@@ -295,7 +301,8 @@ def main(argv=None):
             lyap_steps=args.lyap_steps, long_runs=args.long_runs,
             n_points=args.n_points, hidden=args.hidden,
             threshold=args.threshold, data=args.data, rollout=args.rollout,
-            input_noise=args.input_noise, stall_window=args.stall_window,
+            input_noise=args.input_noise, symmetry=args.symmetry,
+            stall_window=args.stall_window,
             stability_weight=args.stability_weight,
             stability_starts=args.stability_starts,
             stability_iterations=args.stability_iterations,
@@ -313,6 +320,7 @@ def main(argv=None):
     suffix = (
         ("" if args.rollout == 1 else f"_rollout{args.rollout}")
         + (f"_noise{args.input_noise:g}" if args.input_noise else "")
+        + ("" if args.symmetry == "none" else f"_{args.symmetry}sym")
         + (f"_stability{args.stability_weight:g}" if args.stability_weight else "")
     )
     by_seed = {}

@@ -14,7 +14,7 @@ import tadiffeq.dynamics as tdd
 from tadiffeq.data import generate_lorenz63, load_lorenz63
 
 from ..common import workspace_data
-from .config import AUTHORS, LorenzConfig, SOLVERS
+from .config import AUTHORS, LorenzConfig, SOLVERS, SYMMETRIES
 
 
 def make_steppers(cfg: LorenzConfig):
@@ -83,6 +83,17 @@ class AutonomousMLP(eqx.Module):
         for w, b in zip(self.weights[:-1], self.biases[:-1]):
             x = jax.nn.relu(x @ w + b)
         return x @ self.weights[-1] + self.biases[-1]
+
+
+def make_field(cfg: LorenzConfig):
+    """The untrained field of `cfg`: the `AutonomousMLP`, wrapped in
+    `tadiffeq.dynamics.Symmetrized` if `cfg.symmetry` asks for it."""
+    mlp = AutonomousMLP(cfg.hidden, cfg.depth, seed=cfg.seed)
+    if cfg.symmetry == "none":
+        return mlp
+    if cfg.symmetry == "lorenz":
+        return tdd.Symmetrized(mlp, tdd.LORENZ63_SYMMETRY)
+    raise ValueError(f"`symmetry` must be one of {SYMMETRIES}, got {cfg.symmetry!r}.")
 
 
 def load_authors_model(path) -> AutonomousMLP:

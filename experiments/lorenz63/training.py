@@ -16,7 +16,7 @@ import tadiffeq as td
 import tadiffeq.dynamics as tdd
 
 from .config import LorenzConfig, REPAIR_FIELDS, TRAIN_FIELDS
-from .model import AutonomousMLP, make_steppers
+from .model import make_field, make_steppers
 
 
 def step_summary(info: tdd.OneStepInfo) -> dict:
@@ -347,7 +347,7 @@ def train(
     x_prev = jnp.asarray(train_x[:-1])
     x_next = jnp.asarray(train_x[1:])
     windows = jnp.asarray(training_windows(train_x, cfg))
-    mlp = AutonomousMLP(cfg.hidden, cfg.depth, seed=cfg.seed)
+    mlp = make_field(cfg)
     params, static = eqx.partition(mlp, eqx.is_inexact_array)
     optimizer, opt_state = init_lbfgs(cfg.memory_size, params)
 

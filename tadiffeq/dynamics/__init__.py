@@ -2,7 +2,7 @@
 integrators (Fehlberg's 3(2) with the adaptive-solver study's step rule and its
 "Fehlberg training" variant, fixed-step RK4, diffrax's adaptive solvers), free runs,
 and chaos metrics (valid prediction time, Lyapunov exponents, attractor statistics,
-equilibria and their linearisation).
+equilibria and their linearisation), and fields equivariant under a known symmetry.
 """
 
 from ._chaos import (
@@ -27,4 +27,8 @@ from ._onestep import (
     OneStepInfo as OneStepInfo,
     RK4Step as RK4Step,
     rollout as rollout,
+)
+from ._symmetry import (
+    LORENZ63_SYMMETRY as LORENZ63_SYMMETRY,
+    Symmetrized as Symmetrized,
 )
