@@ -460,12 +460,15 @@ def test_experiment_smoke_and_resume(tmp_path, capsys):
     # script's message, not a deserialisation error).
     with pytest.raises(ValueError, match="another configuration"):
         lorenz63.run(dataclasses.replace(cfg, hidden=16), out_dir, **kw)
-    # With the stability repair: the same L-BFGS phase (its checkpoint shared), then
-    # the repair, whose kept model is the one evaluated.
-    stable = dataclasses.replace(
-        cfg, stability_weight=1.0, stability_starts=4, stability_iterations=10
-    )
-    repaired = lorenz63.run(stable, out_dir, **kw)
+    # With the stability repair: the L-BFGS phase is read from the run without it
+    # (nothing trained again, no checkpoint of its own), then the repair, whose kept
+    # model is the one evaluated.
+    stable_args = ["--stability-weight", "1", "--stability-starts", "4",
+                   "--stability-iterations", "10", "--no-figures"]  # fmt: skip
+    (repaired,) = lorenz63.main([*args, *stable_args])
+    assert "resumed from iteration 4" in capsys.readouterr().out
+    assert not (tmp_path / "rk4_stability1_seed0" / "checkpoint").exists()
+    assert (tmp_path / "rk4_stability1_seed0" / "repaired").is_dir()
     rec = repaired["repair"]
     assert rec["prior"][rec["iteration"].index(rec["kept"])] == 0
     assert repaired["train_loss"] == rec["mse"][rec["iteration"].index(rec["kept"])]

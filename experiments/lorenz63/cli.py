@@ -59,14 +59,18 @@ def run(
     log_every: int = 25,
     stop_after: int | None = None,
     figures: bool = True,
+    train_out: pathlib.Path | None = None,
     log=print,
 ):
-    """Trains (resuming from `out`'s checkpoint), evaluates and plots one model.
-    `refs`: a callable returning `references(...)` (computed here if `None`). With
-    `stop_after`, stops (checkpointed) after that many iterations in total and
-    returns `None`."""
+    """Trains (resuming from the checkpoint in `train_out`, default `out`), evaluates
+    and plots one model into `out`. `refs`: a callable returning `references(...)`
+    (computed here if `None`). With `stop_after`, stops (checkpointed) after that many
+    iterations in total and returns `None`. The L-BFGS phase does not depend on
+    `cfg.stability_weight`, so the script gives a repaired run the folder of the same
+    run without the repair as `train_out`: the two share one training."""
     if cfg.solver in AUTHORS:
         raise ValueError(f"{cfg.solver!r} is not trained here: use `run_authors`.")
+    train_out = out if train_out is None else train_out
     cache = out.parent / "cache"
     train_x, test_x, description = load_data(cfg, data_dir, cache)
     result_file = out / "result.json"
@@ -80,11 +84,11 @@ def run(
             return saved
     if stop_after is not None:
         cfg_stop = dataclasses.replace(cfg, iterations=min(stop_after, cfg.iterations))
-        train(cfg_stop, train_x, out, checkpoint_every=checkpoint_every,
+        train(cfg_stop, train_x, train_out, checkpoint_every=checkpoint_every,
               log_every=log_every, log=log)  # fmt: skip
         return None
     mlp, history = train(
-        cfg, train_x, out, checkpoint_every=checkpoint_every, log_every=log_every,
+        cfg, train_x, train_out, checkpoint_every=checkpoint_every, log_every=log_every,
         log=log,
     )  # fmt: skip
     extra, train_loss = {}, history["loss"][-1]
@@ -317,11 +321,13 @@ def main(argv=None):
             memo["refs"] = references(cfg, train_x, test_x, out / "cache")
         return memo["refs"]
 
-    suffix = (
+    trained_suffix = (  # the L-BFGS phase's folder, shared with its repair
         ("" if args.rollout == 1 else f"_rollout{args.rollout}")
         + (f"_noise{args.input_noise:g}" if args.input_noise else "")
         + ("" if args.symmetry == "none" else f"_{args.symmetry}sym")
-        + (f"_stability{args.stability_weight:g}" if args.stability_weight else "")
+    )
+    suffix = trained_suffix + (
+        f"_stability{args.stability_weight:g}" if args.stability_weight else ""
     )
     by_seed = {}
     for seed in args.seed:
@@ -344,6 +350,7 @@ def main(argv=None):
                     out / f"{name}{suffix}_seed{seed}", data_dir=args.data_dir,
                     refs=refs, checkpoint_every=args.checkpoint_every,
                     log_every=args.log_every, figures=not args.no_figures,
+                    train_out=out / f"{name}{trained_suffix}_seed{seed}",
                 )
             )  # fmt: skip
         report_seed(rows, seed, args.iterations if names else None, authors_dir, out,
