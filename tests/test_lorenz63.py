@@ -645,6 +645,29 @@ def test_paired_vpt_by_hand():
         ("naive-0.1", "authors-fehlberg"),
         ("fehlberg-0.1", "authors-fehlberg"),
     ]
+    # Rows of a training variant are named by it, and paired within it.
+    sym = [dict(r, model=r["solver"] + "_lorenzsym") for r in rows[:2]] + rows[2:]
+    pairs = [(c["a"], c["b"]) for c in lorenz63.paired_comparisons(sym)]
+    assert pairs == [
+        ("fehlberg-0.1_lorenzsym", "naive-0.1_lorenzsym"),
+        ("naive-0.1_lorenzsym", "authors-fehlberg"),
+        ("fehlberg-0.1_lorenzsym", "authors-fehlberg"),
+    ]
+
+
+def test_variant_names_the_run():
+    """The folder suffix of a training variant: empty for the study's training, each
+    option in a fixed order, and the repair only where asked (the L-BFGS phase's
+    folder is the unrepaired run's)."""
+    from experiments import lorenz63
+
+    cfg = lorenz63.LorenzConfig()
+    assert lorenz63.variant(cfg) == ""
+    cfg = dataclasses.replace(
+        cfg, rollout=5, input_noise=0.05, symmetry="lorenz", stability_weight=10.0
+    )
+    assert lorenz63.variant(cfg) == "_rollout5_noise0.05_lorenzsym_stability10"
+    assert lorenz63.variant(cfg, repair=False) == "_rollout5_noise0.05_lorenzsym"
 
 
 @pytest.mark.parametrize("solver", ["rk4", "fehlberg-0.1"])

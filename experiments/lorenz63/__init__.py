@@ -46,9 +46,11 @@ from .config import (
     LorenzConfig as LorenzConfig,
     SOLVERS as SOLVERS,
     TRAIN_FIELDS as TRAIN_FIELDS,
+    variant as variant,
 )
 from .evaluation import (
     evaluate as evaluate,
+    model_name as model_name,
     one_step as one_step,
     paired_comparisons as paired_comparisons,
     paired_vpt as paired_vpt,

@@ -23,10 +23,11 @@ from ..common import (
     print_table,
     write_json,
 )
-from .config import AUTHORS, EVAL_FIELDS, LorenzConfig, SOLVERS, SYMMETRIES
+from .config import AUTHORS, EVAL_FIELDS, LorenzConfig, SOLVERS, SYMMETRIES, variant
 from .evaluation import (
     evaluate,
     METRICS_VERSION,
+    model_name,
     paired_comparisons,
     pooled_tv,
     references,
@@ -81,7 +82,7 @@ def run(
             and saved.get("metrics_version") == METRICS_VERSION
         ):
             log(f"  [{cfg.solver}] finished earlier: {result_file}")
-            return saved
+            return {**saved, "model": cfg.solver + variant(cfg)}
     if stop_after is not None:
         cfg_stop = dataclasses.replace(cfg, iterations=min(stop_after, cfg.iterations))
         train(cfg_stop, train_x, train_out, checkpoint_every=checkpoint_every,
@@ -123,7 +124,7 @@ def _evaluate_and_save(
     )
     t = time.perf_counter()
     row, arrays = evaluate(cfg, mlp, train_x, test_x, refs, log)
-    row.update(truth=truth_row, solver=cfg.solver)
+    row.update(truth=truth_row, solver=cfg.solver, model=cfg.solver + variant(cfg))
     row.update(extra)
     row.update(eval_s=time.perf_counter() - t, config=dataclasses.asdict(cfg))
     if figures:
@@ -321,14 +322,7 @@ def main(argv=None):
             memo["refs"] = references(cfg, train_x, test_x, out / "cache")
         return memo["refs"]
 
-    trained_suffix = (  # the L-BFGS phase's folder, shared with its repair
-        ("" if args.rollout == 1 else f"_rollout{args.rollout}")
-        + (f"_noise{args.input_noise:g}" if args.input_noise else "")
-        + ("" if args.symmetry == "none" else f"_{args.symmetry}sym")
-    )
-    suffix = trained_suffix + (
-        f"_stability{args.stability_weight:g}" if args.stability_weight else ""
-    )
+    suffix = variant(make_cfg(SOLVERS[0], args.iterations, 0))
     by_seed = {}
     for seed in args.seed:
         rows = []
@@ -344,13 +338,14 @@ def main(argv=None):
             )  # fmt: skip
         for name in names:
             print(f"\n{name}:")
+            cfg = make_cfg(name, args.iterations, seed)
             rows.append(
                 run(
-                    make_cfg(name, args.iterations, seed),
-                    out / f"{name}{suffix}_seed{seed}", data_dir=args.data_dir,
-                    refs=refs, checkpoint_every=args.checkpoint_every,
-                    log_every=args.log_every, figures=not args.no_figures,
-                    train_out=out / f"{name}{trained_suffix}_seed{seed}",
+                    cfg, out / f"{name}{variant(cfg)}_seed{seed}",
+                    data_dir=args.data_dir, refs=refs,
+                    checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                    figures=not args.no_figures,
+                    train_out=out / f"{name}{variant(cfg, repair=False)}_seed{seed}",
                 )
             )  # fmt: skip
         report_seed(rows, seed, args.iterations if names else None, authors_dir, out,
@@ -381,7 +376,7 @@ def report_seed(rows, seed, iterations, authors_dir, out, *, figures):
         plot_summary(rows, truth_row, out)
     table = [
         dict(
-            solver=r["solver"], its=r.get("iterations_trained", ""),
+            solver=model_name(r), its=r.get("iterations_trained", ""),
             train_mse=f"{r['train_loss']:.2e}", test_mse=f"{r['test_mse']:.2e}",
             train_acc=r["training_final"]["acceptance"],
             train_sub=r["training_final"]["mean_substeps"],

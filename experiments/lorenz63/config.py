@@ -103,3 +103,20 @@ class LorenzConfig:
     # `iterations`. 0 turns it off.
     stall_window: int = 0
     min_improvement: float = 0.01
+
+
+def variant(cfg: LorenzConfig, *, repair: bool = True) -> str:
+    """The suffix that names a run's training variant, in its folder and its rows ("":
+    the study's training): the rollout, input noise and symmetry, and with `repair`
+    the stability repair (without it: the folder of the L-BFGS phase, which a repaired
+    run shares with the run without the repair)."""
+    return (
+        ("" if cfg.rollout == 1 else f"_rollout{cfg.rollout}")
+        + (f"_noise{cfg.input_noise:g}" if cfg.input_noise else "")
+        + ("" if cfg.symmetry == "none" else f"_{cfg.symmetry}sym")
+        + (
+            f"_stability{cfg.stability_weight:g}"
+            if repair and cfg.stability_weight
+            else ""
+        )
+    )

@@ -328,12 +328,23 @@ def paired_vpt(a, b, *, seed: int = 0, draws: int = 20_000) -> dict:
     )
 
 
+def model_name(row: dict) -> str:
+    """A row's model: its solver and training variant (`config.variant`), e.g.
+    `fehlberg-0.1_lorenzsym`; an authors' row, or one without the entry, its solver."""
+    return row.get("model", row["solver"])
+
+
 def paired_comparisons(rows: list[dict]) -> list[dict]:
-    """Fehlberg training against naive training at the same eps, and every trained
-    model against the authors' Fehlberg model, where both rows are present."""
-    by = {r["solver"]: r for r in rows}
-    pairs = [(f"fehlberg-{eps}", f"naive-{eps}") for eps in ("0.1", "0.05", "0.01")] + [
-        (r["solver"], "authors-fehlberg") for r in rows if r["solver"] not in AUTHORS
+    """Fehlberg training against naive training at the same eps (and variant), and
+    every trained model against the authors' Fehlberg model, where both rows are
+    present."""
+    by = {model_name(r): r for r in rows}
+    pairs = [
+        (m, m.replace("fehlberg-", "naive-", 1))
+        for m in by
+        if m.startswith("fehlberg-")
+    ] + [
+        (model_name(r), "authors-fehlberg") for r in rows if r["solver"] not in AUTHORS
     ]
     return [
         dict(a=a, b=b, **paired_vpt(by[a]["vpt_all"], by[b]["vpt_all"]))
@@ -368,7 +379,7 @@ def seed_summary(by_seed: dict[int, list[dict]]) -> dict:
             )
             rows.append(
                 dict(
-                    solver=r["solver"], seed=seed, vpt_median=r["vpt"]["median"],
+                    solver=model_name(r), seed=seed, vpt_median=r["vpt"]["median"],
                     lyap=r["lyapunov"], tv=tv, train_tv=r["attractor_train"]["tv"],
                     outside=r["attractor"]["outside_fraction"],
                     long_run=bool(lle_ok and all(tv < a for a in authors_tv)),

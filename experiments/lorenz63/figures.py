@@ -7,6 +7,7 @@ import numpy as np
 import tadiffeq.dynamics as tdd
 
 from ..reporting import pyplot, save_figure
+from .evaluation import model_name
 
 
 def plot_model(cfg, row, arrays, refs, out: pathlib.Path):
@@ -16,11 +17,12 @@ def plot_model(cfg, row, arrays, refs, out: pathlib.Path):
     if plt is None:
         return
     out.mkdir(parents=True, exist_ok=True)
+    name = model_name(row)
     truth = refs["long_truth"][0, refs["burn_in"] :]
     learned = arrays["long_run"]
     fig = plt.figure(figsize=(10, 5))
     lims = refs["ranges"]
-    for i, (data, title) in enumerate(((truth, "true"), (learned, cfg.solver))):
+    for i, (data, title) in enumerate(((truth, "true"), (learned, name))):
         ax = fig.add_subplot(1, 2, i + 1, projection="3d")
         inside = np.all((data >= lims[:, 0]) & (data <= lims[:, 1]), -1)
         d = data[inside][:20000]
@@ -40,7 +42,7 @@ def plot_model(cfg, row, arrays, refs, out: pathlib.Path):
     pred, true = arrays["traj"][0], refs["truth"][0]
     for d in range(3):
         axes[d].plot(lt, true[:, d], "k", lw=1, label="exact flow")
-        axes[d].plot(lt, pred[:, d], "C1", lw=1, label=cfg.solver)
+        axes[d].plot(lt, pred[:, d], "C1", lw=1, label=name)
         axes[d].set_ylabel(f"x{d + 1}")
         axes[d].set_ylim(*refs["ranges"][d])
     err = np.linalg.norm(pred - true, axis=-1) / refs["scale"]
@@ -52,7 +54,7 @@ def plot_model(cfg, row, arrays, refs, out: pathlib.Path):
     for ax in axes:
         ax.axvline(vpt, color="C3", lw=0.8)
     axes[0].legend(loc="upper right")
-    axes[0].set_title(f"{cfg.solver}: first test initial condition (VPT {vpt:.2f})")
+    axes[0].set_title(f"{name}: first test initial condition (VPT {vpt:.2f})")
     fig.subplots_adjust(left=0.1, right=0.98, bottom=0.07, top=0.95, hspace=0.1)
     save_figure(fig, out / "timeseries.png", dpi=100)
 
@@ -63,7 +65,7 @@ def plot_model(cfg, row, arrays, refs, out: pathlib.Path):
         edges = np.asarray(refs["stats"].edges)[d]
         centres = (edges[1:] + edges[:-1]) / 2
         axes[d].step(centres, true_hist[d], "k", where="mid", label="true")
-        axes[d].step(centres, learned_hist[d], "C1", where="mid", label=cfg.solver)
+        axes[d].step(centres, learned_hist[d], "C1", where="mid", label=name)
         axes[d].set_xlabel(f"x{d + 1} (TV {row['attractor']['tv'][d]:.3f})")
     axes[0].legend()
     fig.subplots_adjust(left=0.05, right=0.98, bottom=0.15, top=0.95, wspace=0.2)
@@ -81,7 +83,7 @@ def plot_summary(rows, truth_row, out: pathlib.Path):
         for i, r in trained:
             h = r["history"]
             it = h["iteration"]
-            style = dict(color=f"C{i % 10}", lw=1, label=r["solver"])
+            style = dict(color=f"C{i % 10}", lw=1, label=model_name(r))
             axes[0].semilogy(it, h["loss"], **style)
             axes[1].plot(it, [100 * s["acceptance"] for s in h["train"]], **style)
             axes[2].plot(it, [s["mean_substeps"] for s in h["train"]], **style)
@@ -95,7 +97,7 @@ def plot_summary(rows, truth_row, out: pathlib.Path):
 
     fig, ax = plt.subplots(figsize=(9, 4))
     ax.boxplot([r["vpt_all"] for r in rows])
-    ax.set_xticks(range(1, len(rows) + 1), [r["solver"] for r in rows], rotation=30)
+    ax.set_xticks(range(1, len(rows) + 1), [model_name(r) for r in rows], rotation=30)
     ax.set_ylabel("valid prediction time (Lyapunov times)")
     ax.axhline(
         truth_row["data_vpt"]["median"], color="k", ls="--", lw=0.8,
