@@ -975,6 +975,32 @@ def test_symmetrized_field_by_hand(tmp_path):
         lorenz63.train(dataclasses.replace(cfg, symmetry="none"), data, tmp_path, **kw)
 
 
+def test_equivariance_defect_by_hand():
+    """For x -> a x under {I, S}: |a S x - S a x| / |a x| per point; 0 for Lorenz'63
+    and for any symmetrized field."""
+    s = np.diag([-1.0, -1.0, 1.0])
+    x = np.random.default_rng(1).normal(size=(7, 3))
+    want = np.linalg.norm(x @ (A @ s - s @ A).T, axis=1) / np.linalg.norm(
+        x @ A.T, axis=1
+    )
+    got = tdd.equivariance_defect(linear_field(A), tdd.LORENZ63_SYMMETRY, x)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12)
+    assert (
+        float(
+            jnp.max(tdd.equivariance_defect(tdd.Lorenz63(), tdd.LORENZ63_SYMMETRY, x))
+        )
+        == 0.0
+    )
+    sym = tdd.Symmetrized(linear_field(A), tdd.LORENZ63_SYMMETRY)
+    assert (
+        float(jnp.max(tdd.equivariance_defect(sym, tdd.LORENZ63_SYMMETRY, x))) < 1e-15
+    )
+    with pytest.raises(ValueError, match=r"equivariance_defect: `x` must have shape"):
+        tdd.equivariance_defect(sym, tdd.LORENZ63_SYMMETRY, x[0])
+    with pytest.raises(ValueError, match="equivariance_defect: `group` must contain"):
+        tdd.equivariance_defect(sym, [-np.eye(3)], x)
+
+
 def test_symmetrized_field_errors():
     f = tdd.Lorenz63()
     with pytest.raises(ValueError, match=r"`group\[1\]` is not orthogonal"):

@@ -29,6 +29,7 @@ from ._onestep import (
     rollout as rollout,
 )
 from ._symmetry import (
+    equivariance_defect as equivariance_defect,
     LORENZ63_SYMMETRY as LORENZ63_SYMMETRY,
     Symmetrized as Symmetrized,
 )

@@ -18,24 +18,24 @@ LORENZ63_SYMMETRY = (
 Group = tuple[tuple[tuple[float, ...], ...], ...]
 
 
-def _as_group(group) -> Group:
+def _as_group(group, owner: str) -> Group:
     """`group` checked (a finite group of orthogonal matrices: square, one size, the
     identity among them, closed under products) and made hashable."""
     try:
         mats = [np.asarray(g, dtype=np.float64) for g in group]
     except (TypeError, ValueError) as e:
         raise ValueError(
-            f"Symmetrized: `group` must be a sequence of square matrices ({e})."
+            f"{owner}: `group` must be a sequence of square matrices ({e})."
         ) from e
     if not mats or any(g.ndim != 2 or g.shape[0] != g.shape[1] for g in mats):
         raise ValueError(
-            "Symmetrized: `group` must be a non-empty sequence of square matrices, "
+            f"{owner}: `group` must be a non-empty sequence of square matrices, "
             f"got shapes {[g.shape for g in mats]}."
         )
     dim = mats[0].shape[0]
     if any(g.shape != (dim, dim) for g in mats):
         raise ValueError(
-            f"Symmetrized: the matrices of `group` differ in size: "
+            f"{owner}: the matrices of `group` differ in size: "
             f"{[g.shape for g in mats]}."
         )
 
@@ -47,14 +47,14 @@ def _as_group(group) -> Group:
     eye = np.eye(dim)
     for i, g in enumerate(mats):
         if not np.allclose(g @ g.T, eye, atol=1e-12):
-            raise ValueError(f"Symmetrized: `group[{i}]` is not orthogonal.")
+            raise ValueError(f"{owner}: `group[{i}]` is not orthogonal.")
     if index(eye) is None:
-        raise ValueError("Symmetrized: `group` must contain the identity.")
+        raise ValueError(f"{owner}: `group` must contain the identity.")
     for i, g in enumerate(mats):
         for j, h in enumerate(mats):
             if index(g @ h) is None:
                 raise ValueError(
-                    f"Symmetrized: `group` is not closed: group[{i}] @ group[{j}] "
+                    f"{owner}: `group` is not closed: group[{i}] @ group[{j}] "
                     "is not in it."
                 )
     return tuple(tuple(tuple(float(v) for v in row) for row in g) for g in mats)
@@ -89,7 +89,7 @@ class Symmetrized(eqx.Module):
         group: Sequence[ArrayLike | Sequence[Sequence[float]]] | ArrayLike,
     ):
         self.field = field
-        self.group = _as_group(group)
+        self.group = _as_group(group, "Symmetrized")
 
     def __call__(self, x: Float[Array, "*batch dim"]) -> Float[Array, "*batch dim"]:
         dim = len(self.group[0])
@@ -103,3 +103,40 @@ class Symmetrized(eqx.Module):
             # Row vectors: g x is x @ g.T, and g^{-1} y = g.T y is y @ g.
             total = total + self.field(x @ g.T) @ g
         return total / len(self.group)
+
+
+def equivariance_defect(
+    field: Callable[[Array], Array],
+    group: Sequence[ArrayLike | Sequence[Sequence[float]]] | ArrayLike,
+    x: ArrayLike,
+) -> Float[Array, " n"]:
+    r"""How far `field` is from equivariance under `group` at each point of `x`:
+    $\max_{g} \|f(g x) - g f(x)\| / \|f(x)\|$ (Euclidean norms; 0 for an equivariant
+    field, e.g. [`tadiffeq.dynamics.Symmetrized`][]).
+
+    For a field learned from data of a system with this symmetry, it bounds the field's
+    error from below: the true field f* is equivariant, so the defect times
+    $\|f(x)\|$ is at most $\|f(g x) - f^*(g x)\| + \|f(x) - f^*(x)\|$. Evaluated at
+    the mirror images of the data, it shows where the data do not constrain the field.
+
+    **Arguments:**
+
+    - `field`: `(n, dim) -> (n, dim)`.
+    - `group`: as for [`tadiffeq.dynamics.Symmetrized`][].
+    - `x`: the points `(n, dim)`, where `field` is not 0.
+
+    **Returns:** `(n,)`, the relative defect at each point.
+    """
+    mats = _as_group(group, "equivariance_defect")
+    x = jnp.asarray(x)
+    if x.ndim != 2 or x.shape[1] != len(mats[0]):
+        raise ValueError(
+            f"equivariance_defect: `x` must have shape (n, {len(mats[0])}), got "
+            f"{x.shape}."
+        )
+    fx = field(x)
+    worst = jnp.zeros(x.shape[0], fx.dtype)
+    for g in mats:
+        g = jnp.asarray(g, dtype=x.dtype)
+        worst = jnp.maximum(worst, jnp.linalg.norm(field(x @ g.T) - fx @ g.T, axis=1))
+    return worst / jnp.linalg.norm(fx, axis=1)
