@@ -12,10 +12,16 @@ PAGES = sorted((REPO / "docs").glob("*.md"))
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
 def test_python_snippets_run(page):
+    import jax
+
     blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
     namespace = {}
-    for i, block in enumerate(blocks):
-        exec(compile(block, f"{page.name} block {i + 1}", "exec"), namespace)
+    x64 = jax.config.jax_enable_x64
+    try:
+        for i, block in enumerate(blocks):
+            exec(compile(block, f"{page.name} block {i + 1}", "exec"), namespace)
+    finally:  # a snippet that turns on float64 must not change the tests after it
+        jax.config.update("jax_enable_x64", x64)
 
 
 def test_the_design_page_has_snippets():
