@@ -95,14 +95,16 @@ def plot_summary(rows, truth_row, out: pathlib.Path):
         fig.subplots_adjust(left=0.12, right=0.98, bottom=0.06, top=0.98, hspace=0.08)
         save_figure(fig, out / "training_curves.png", dpi=100)
 
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     ax.boxplot([r["vpt_all"] for r in rows])
-    ax.set_xticks(range(1, len(rows) + 1), [model_name(r) for r in rows], rotation=30)
+    ax.set_xticks(
+        range(1, len(rows) + 1), [model_name(r) for r in rows], rotation=30, ha="right"
+    )
     ax.set_ylabel("valid prediction time (Lyapunov times)")
     ax.axhline(
         truth_row["data_vpt"]["median"], color="k", ls="--", lw=0.8,
         label="the data themselves vs the exact flow (median)",
     )  # fmt: skip
     ax.legend(loc="upper right", fontsize=8)
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.25, top=0.97)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.35, top=0.97)
     save_figure(fig, out / "vpt.png", dpi=100)
