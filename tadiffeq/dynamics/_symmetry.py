@@ -75,7 +75,7 @@ class Symmetrized(eqx.Module):
     - `field`: `(..., dim) -> (..., dim)` (e.g. an MLP on a batch of states).
     - `group`: the matrices $g$, each `(dim, dim)` and orthogonal; they must form a
       group (the identity among them, closed under products), e.g.
-      [`tadiffeq.dynamics.LORENZ63_SYMMETRY`][]. Held as static data, not parameters.
+      `tadiffeq.dynamics.LORENZ63_SYMMETRY`. Held as static data, not parameters.
 
     Called on `x` of shape `(..., dim)`; costs |G| evaluations of `field`.
     """
