@@ -72,6 +72,7 @@ def run(
     if cfg.solver in AUTHORS:
         raise ValueError(f"{cfg.solver!r} is not trained here: use `run_authors`.")
     train_out = out if train_out is None else train_out
+    name = cfg.solver + variant(cfg)  # the row's model (authors' rows: their solver)
     cache = out.parent / "cache"
     train_x, test_x, description = load_data(cfg, data_dir, cache)
     result_file = out / "result.json"
@@ -82,7 +83,7 @@ def run(
             and saved.get("metrics_version") == METRICS_VERSION
         ):
             log(f"  [{cfg.solver}] finished earlier: {result_file}")
-            return {**saved, "model": cfg.solver + variant(cfg)}
+            return {**saved, "model": name}
     if stop_after is not None:
         cfg_stop = dataclasses.replace(cfg, iterations=min(stop_after, cfg.iterations))
         train(cfg_stop, train_x, train_out, checkpoint_every=checkpoint_every,
@@ -92,7 +93,7 @@ def run(
         cfg, train_x, train_out, checkpoint_every=checkpoint_every, log_every=log_every,
         log=log,
     )  # fmt: skip
-    extra, train_loss = {}, history["loss"][-1]
+    extra, train_loss = {"model": name}, history["loss"][-1]
     if cfg.stability_weight:
         mlp, rec = repair(cfg, mlp, train_x, out, log=log)
         extra["repair"] = rec
@@ -124,7 +125,7 @@ def _evaluate_and_save(
     )
     t = time.perf_counter()
     row, arrays = evaluate(cfg, mlp, train_x, test_x, refs, log)
-    row.update(truth=truth_row, solver=cfg.solver, model=cfg.solver + variant(cfg))
+    row.update(truth=truth_row, solver=cfg.solver)
     row.update(extra)
     row.update(eval_s=time.perf_counter() - t, config=dataclasses.asdict(cfg))
     if figures:

@@ -136,7 +136,10 @@ def equivariance_defect(
         )
     fx = field(x)
     worst = jnp.zeros(x.shape[0], fx.dtype)
+    eye = np.eye(x.shape[1])
     for g in mats:
+        if np.array_equal(g, eye):
+            continue  # (the identity's defect is 0: no second evaluation at x)
         g = jnp.asarray(g, dtype=x.dtype)
         worst = jnp.maximum(worst, jnp.linalg.norm(field(x @ g.T) - fx @ g.T, axis=1))
     return worst / jnp.linalg.norm(fx, axis=1)
