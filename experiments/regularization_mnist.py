@@ -219,6 +219,7 @@ def _setup(cfg: RegConfig) -> _Setup:
 
 
 TIMING_REPEATS = 7  # rounds of `time_interleaved`; the median is reported
+EVAL_REPEATS = 5  # timed passes of a finished run's evaluation; the median is reported
 
 
 def time_interleaved(
@@ -260,10 +261,14 @@ def saved_run(out: pathlib.Path) -> tuple[RegConfig, pathlib.Path]:
     return RegConfig(**{k: v for k, v in saved.items() if k in fields}), out
 
 
-def print_timing(runs: list[tuple[RegConfig, pathlib.Path]], file: pathlib.Path):
-    """`time_interleaved(runs)` as rows (the first run the speedup's baseline),
-    printed and written to `file`."""
-    times = time_interleaved(runs)
+def print_timing(
+    runs: list[tuple[RegConfig, pathlib.Path]],
+    file: pathlib.Path,
+    repeats: int = TIMING_REPEATS,
+):
+    """`time_interleaved(runs, repeats)` as rows (the first run the speedup's
+    baseline), printed and written to `file`."""
+    times = time_interleaved(runs, repeats)
     rows = [
         dict(
             run=out.name, regularizer=cfg.regularizer, adjoint=cfg.adjoint,
@@ -271,9 +276,7 @@ def print_timing(runs: list[tuple[RegConfig, pathlib.Path]], file: pathlib.Path)
         )
         for (cfg, out), t in zip(runs, times)
     ]  # fmt: skip
-    print(
-        f"Prediction time, interleaved (median of {TIMING_REPEATS} after compilation):"
-    )
+    print(f"Prediction time, interleaved (median of {repeats} after compilation):")
     print_table(
         rows, [("run", "run"), ("adjoint", "adjoint"), ("predict_s", "predict s"),
                ("speedup", "speedup")],
@@ -304,10 +307,12 @@ def run(
     *,
     checkpoint_every: int = 100,
     stop_after: int | None = None,
+    timing_repeats: int = EVAL_REPEATS,
     log=print,
 ):
-    """Trains (resuming from `out`'s checkpoint if any) and evaluates. With
-    `stop_after`, returns `None` after that many steps of this call, checkpointed."""
+    """Trains (resuming from `out`'s checkpoint if any) and evaluates (the prediction
+    time the median of `timing_repeats` passes). With `stop_after`, returns `None`
+    after that many steps of this call, checkpointed."""
     if cfg.regularizer not in REGULARIZERS:
         raise ValueError(f"Unknown regularizer {cfg.regularizer!r}.")
     if cfg.model not in ("ode", "sde"):
@@ -375,7 +380,9 @@ def run(
     if step < cfg.steps:
         return None
     train_seconds = history["seconds"]
-    acc, test_nfe, predict_s = evaluate(model, state, x_test, y_test, cfg, k_train)
+    acc, test_nfe, predict_s = evaluate(
+        model, state, x_test, y_test, cfg, k_train, timing_repeats
+    )
     sample_nfe = per_sample_nfe(model, state, x_test[: cfg.eval_batch], k_train)
     result = dict(
         model=cfg.model,
@@ -394,25 +401,28 @@ def run(
     return result
 
 
+@eqx.filter_jit
+def _predict(model, state, xb, key):
+    """Labels and the joint solve's NFE (broadcast per sample) of batch `xb`,
+    `model` in inference mode. One function for every run, so runs of the same
+    architecture and batch shape share its compilation."""
+    logits, _, stats = model(xb, state, key=key)
+    nfe = jnp.broadcast_to(stats.num_fn_evals, (xb.shape[0],))
+    return jnp.argmax(logits, -1), nfe
+
+
 def _predictor(model, state, x, cfg: RegConfig, key):
     """`(once, batches)`: `once()` predicts all of `x` in batches of
     `cfg.eval_batch`, one joint solve (shared step sizes) per batch, in inference
     mode, and returns `[(labels, nfe per sample), ...]` per batch (synchronised)."""
     model = eqx.nn.inference_mode(model)
-
-    @eqx.filter_jit
-    def predict(model, xb, key):
-        logits, _, stats = model(xb, state, key=key)
-        nfe = jnp.broadcast_to(stats.num_fn_evals, (xb.shape[0],))
-        return jnp.argmax(logits, -1), nfe
-
     batches = [
         jnp.asarray(x[i : i + cfg.eval_batch]) for i in range(0, len(x), cfg.eval_batch)
     ]
 
     def once():
         outs = [
-            predict(model, xb, jax.random.fold_in(key, i))
+            _predict(model, state, xb, jax.random.fold_in(key, i))
             for i, xb in enumerate(batches)
         ]
         return jax.block_until_ready(outs)
@@ -420,10 +430,11 @@ def _predictor(model, state, x, cfg: RegConfig, key):
     return once, batches
 
 
-def evaluate(model, state, x, y, cfg: RegConfig, key, repeats: int = 5):
-    """Accuracy, mean NFE per sample and the median wall time (after compilation) of
-    predicting the whole test split in batches of `cfg.eval_batch`, one joint solve
-    (shared step sizes) per batch, as the paper's code evaluates."""
+def evaluate(model, state, x, y, cfg: RegConfig, key, repeats: int = EVAL_REPEATS):
+    """Accuracy, mean NFE per sample and the median wall time over `repeats` passes
+    (after compilation) of predicting the whole test split in batches of
+    `cfg.eval_batch`, one joint solve (shared step sizes) per batch, as the paper's
+    code evaluates."""
     once, _ = _predictor(model, state, x, cfg, key)
     outs = once()  # compiles
     times = []
@@ -436,20 +447,20 @@ def evaluate(model, state, x, y, cfg: RegConfig, key, repeats: int = 5):
     return float(np.mean(pred == y)), float(np.mean(nfe)), float(np.median(times))
 
 
+@eqx.filter_jit
+def _per_sample_nfe(model, state, x, keys):
+    def one(xi, k):
+        return model(xi[None], state, key=k)[2].num_fn_evals
+
+    return jax.vmap(one)(x, keys)
+
+
 def per_sample_nfe(model, state, x, key) -> float:
     """Mean NFE of solving each sample of `x` on its own (a batch of one each, its
     own step sizes), in inference mode."""
-    model = eqx.nn.inference_mode(model)
-
-    @eqx.filter_jit
-    def nfe(model, x, keys):
-        def one(xi, k):
-            return model(xi[None], state, key=k)[2].num_fn_evals
-
-        return jax.vmap(one)(x, keys)
-
     keys = jax.random.split(jax.random.fold_in(key, 10**6), len(x))
-    return float(np.mean(np.asarray(nfe(model, jnp.asarray(x), keys))))
+    nfe = _per_sample_nfe(eqx.nn.inference_mode(model), state, jnp.asarray(x), keys)
+    return float(np.mean(np.asarray(nfe)))
 
 
 def main(argv=None):
@@ -502,11 +513,18 @@ def main(argv=None):
         "configuration read from its result.json; the first is the speedup's "
         "baseline): rows of other seeds, adjoints or --out folders side by side",
     )  # fmt: skip
+    parser.add_argument(
+        "--timing-repeats", type=positive_int, default=None,
+        help="timed prediction passes, the median reported (default "
+        f"{EVAL_REPEATS} after training, {TIMING_REPEATS} with --time-only or "
+        "--time-runs)",
+    )  # fmt: skip
     parser.add_argument("--out", default="results/regularization_mnist")
     args = parser.parse_args(argv)
+    interleaved = args.timing_repeats or TIMING_REPEATS
     if args.time_runs is not None:
         runs = [saved_run(pathlib.Path(d)) for d in args.time_runs.split(",")]
-        return print_timing(runs, pathlib.Path(args.out) / "timing.json")
+        return print_timing(runs, pathlib.Path(args.out) / "timing.json", interleaved)
     preset = PROTOCOLS[args.protocol][args.model]
     given = {k: v for k, v in vars(args).items() if k in _FIELDS and v is not None}
     runs = []
@@ -517,12 +535,13 @@ def main(argv=None):
         )
     if args.time_only:
         name = f"{args.model}_seed{args.seed}_timing.json"
-        return print_timing(runs, pathlib.Path(args.out) / name)
+        return print_timing(runs, pathlib.Path(args.out) / name, interleaved)
     rows = []
     for cfg, out in runs:
         row = run(
             cfg, out, checkpoint_every=args.checkpoint_every,
             stop_after=args.stop_after,
+            timing_repeats=args.timing_repeats or EVAL_REPEATS,
         )  # fmt: skip
         if row is not None:
             rows.append(row)

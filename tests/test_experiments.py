@@ -11,6 +11,7 @@ import pytest
 import tadiffeq as td
 
 
+@pytest.mark.heavy
 def test_main_job_smoke(tmp_path, capsys):
     from experiments import main
 
@@ -35,6 +36,7 @@ def test_main_job_smoke(tmp_path, capsys):
     assert "1-in-10 noisy" in out
 
 
+@pytest.mark.heavy
 def test_training_is_deterministic_and_resumes_exactly(tmp_path):
     """Same seed, same numbers; a run stopped after one epoch and resumed from its
     checkpoint ends with exactly the model, TA-BN statistics and history of an
@@ -113,6 +115,7 @@ def test_param_counts_smoke(capsys):
     assert "| unet |" in capsys.readouterr().out
 
 
+@pytest.mark.heavy
 def test_regularized_toy_model_is_cheaper_to_solve(tmp_path):
     """Same seed: the local (paper's frozen first stage and exact gradient) and
     global regularizers give a model that takes fewer function evaluations."""
@@ -128,6 +131,7 @@ def test_regularized_toy_model_is_cheaper_to_solve(tmp_path):
         assert by[name]["test_acc"] > 0.8, by
 
 
+@pytest.mark.heavy
 def test_regularization_mnist_smoke_and_exact_resume(tmp_path, capsys):
     """Every regularizer of the MNIST script runs (generated data, a few steps), and
     a run interrupted and resumed from its checkpoint ends exactly where an
@@ -137,31 +141,32 @@ def test_regularization_mnist_smoke_and_exact_resume(tmp_path, capsys):
     rows = rm.main(
         ["--data", "synthetic", "--regularizers", "none,local_biased",
          "--steps", "3", "--batch-size", "64", "--hidden", "16", "--eval-batch", "250",
-         "--out", str(tmp_path / "smoke")]
+         "--out", str(tmp_path / "smoke"), "--timing-repeats", "1"]
     )  # fmt: skip
     assert [r["regularizer"] for r in rows] == ["none", "local_biased"]
     assert "NFE ratio" in capsys.readouterr().out
     sde = rm.main(
         ["--model", "sde", "--data", "synthetic", "--regularizers", "local",
          "--steps", "2", "--batch-size", "32", "--eval-batch", "500",
-         "--out", str(tmp_path / "sde")]
+         "--out", str(tmp_path / "sde"), "--timing-repeats", "1"]
     )  # fmt: skip
     assert all(r["test_nfe"] > 0 for r in sde)
     # The paper's protocol (its SDE: autonomous fields, Glorot init, lr decay).
     paper = rm.main(
         ["--model", "sde", "--protocol", "paper", "--data", "synthetic",
          "--regularizers", "none", "--steps", "2", "--batch-size", "32",
-         "--out", str(tmp_path / "paper")]
+         "--out", str(tmp_path / "paper"), "--timing-repeats", "1"]
     )  # fmt: skip
     assert paper[0]["config"]["weight"] == 1000.0 and paper[0]["sample_nfe"] > 0
     # Finished rows timed interleaved in one process (trains nothing).
     timed = rm.main(
         ["--data", "synthetic", "--regularizers", "none,local_biased",
          "--steps", "3", "--batch-size", "64", "--hidden", "16", "--eval-batch", "250",
-         "--out", str(tmp_path / "smoke"), "--time-only"]
+         "--out", str(tmp_path / "smoke"), "--time-only", "--timing-repeats", "1"]
     )  # fmt: skip
     assert [r["regularizer"] for r in timed] == ["none", "local_biased"]
     assert timed[0]["speedup"] == 1.0 and all(r["predict_s"] > 0 for r in timed)
+    assert "interleaved (median of 1 after" in capsys.readouterr().out
     with pytest.raises(ValueError, match="no finished run"):
         rm.main(
             ["--data", "synthetic", "--regularizers", "local", "--steps", "3",
@@ -172,7 +177,7 @@ def test_regularization_mnist_smoke_and_exact_resume(tmp_path, capsys):
     smoke, sde_dir = tmp_path / "smoke", tmp_path / "sde"
     timed = rm.main(
         ["--time-runs", f"{smoke / 'ode_none_seed0'},{sde_dir / 'sde_local_seed0'}",
-         "--out", str(tmp_path / "timing")]
+         "--out", str(tmp_path / "timing"), "--timing-repeats", "1"]
     )  # fmt: skip
     assert [(r["run"], r["regularizer"]) for r in timed] == [
         ("ode_none_seed0", "none"),
@@ -185,9 +190,9 @@ def test_regularization_mnist_smoke_and_exact_resume(tmp_path, capsys):
     cfg = rm.RegConfig(
         regularizer="local", steps=6, batch_size=64, hidden=8, data="synthetic"
     )
-    full = rm.run(cfg, tmp_path / "full", checkpoint_every=100)
+    full = rm.run(cfg, tmp_path / "full", checkpoint_every=100, timing_repeats=1)
     assert rm.run(cfg, tmp_path / "split", stop_after=4) is None
-    resumed = rm.run(cfg, tmp_path / "split")
+    resumed = rm.run(cfg, tmp_path / "split", timing_repeats=1)
     assert resumed["test_acc"] == full["test_acc"]
     assert resumed["train_nfe"] == full["train_nfe"]
     _, h_full = td.Checkpointer(tmp_path / "full/checkpoint").latest()
@@ -247,6 +252,7 @@ def _ablations(tmp_path, studies, norms):
     )  # fmt: skip
 
 
+@pytest.mark.heavy
 def test_tabn_ablations_smoke(tmp_path):
     """The TA-BN ablation script runs (noise and statistics studies; all studies in
     the slow test) on a few generated batches and writes its tables and figures."""

@@ -377,6 +377,7 @@ def test_shared_lorenz63_files():
     np.testing.assert_allclose(step, d["test"][0], atol=2e-2)
 
 
+@pytest.mark.heavy
 def test_experiment_smoke_and_resume(tmp_path, capsys):
     from experiments import lorenz63
 
@@ -475,6 +476,7 @@ def test_experiment_smoke_and_resume(tmp_path, capsys):
     assert rec["mse"][0] == rows[0]["train_loss"]  # repaired from the trained model
 
 
+@pytest.mark.heavy
 def test_experiment_smoke_adaptive_solvers(tmp_path, capsys):
     """The naive and Fehlberg-trained embedded pairs and a diffrax solver run end
     to end (training, free runs, Lyapunov exponents through their steppers)."""
@@ -840,6 +842,7 @@ def test_stability_prior_of_a_config():
     assert float(lorenz63.training_loss(params, static, step, w, None)) == float(plain)
 
 
+@pytest.mark.heavy
 def test_repair_removes_an_attracting_equilibrium(tmp_path):
     """A ReLU field that is f(x) = -0.1 (x - c) on the data (every unit active), c
     the data's mean, attracts every start; the repair ends with no start attracted,

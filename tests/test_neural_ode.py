@@ -169,6 +169,7 @@ def test_gradient_matches_finite_differences(getkey):
         np.testing.assert_allclose(path(grads)[idx], fd, rtol=2e-2, atol=1e-4)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("norm", ["tabn_gaussian", pytest.param("popti", marks=SLOW)])
 def test_backsolve_and_checkpoint_adjoints_agree(norm, getkey):
     """Discretise-then-optimise (checkpointing) and optimise-then-discretise
@@ -270,6 +271,7 @@ def test_float64(getkey):
         assert int(stats.num_steps) > 5
 
 
+@pytest.mark.heavy
 def test_float32_state_stays_float32_with_x64_on(getkey):
     """With 64-bit types enabled (e.g. next to a float64 script), a float32 state is
     solved in float32: times, output, statistics and regularizer values."""

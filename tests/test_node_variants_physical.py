@@ -179,6 +179,7 @@ def test_node_variants_smoke(tmp_path):
     assert row["params"] > row["params_ti_affine"]  # TA-BN's per-grid-point affine
 
 
+@pytest.mark.heavy
 def test_physical_system_smoke_and_exact_resume(tmp_path):
     """A tiny run of the script; then the same training stopped after one chunk and
     resumed from its checkpoint ends with exactly the script's model and history."""

@@ -25,6 +25,7 @@ def notebook_script(path: pathlib.Path) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.heavy
 def test_quickstart_notebook_runs(monkeypatch):
     matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")

@@ -2,6 +2,7 @@
 
 import re
 
+import pytest
 from conftest import REPO
 
 
@@ -9,6 +10,7 @@ def _readme():
     return (REPO / "README.md").read_text()
 
 
+@pytest.mark.heavy
 def test_readme_usage_examples_run(capsys):
     """The python blocks run one after another in one namespace."""
     blocks = re.findall(r"```python\n(.*?)```", _readme(), re.S)

@@ -14,6 +14,7 @@ import tadiffeq as td
 SCRIPT = pathlib.Path(__file__).with_name("_sharded_step.py")
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("norm", ["tabn"])
 def test_one_step_on_four_devices_equals_one_device(norm):
     """Data-parallel over 4 host devices: the same updated model, optimiser state,
