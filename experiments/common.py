@@ -430,6 +430,23 @@ def data_fingerprint(x: np.ndarray, y: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
+@eqx.filter_jit
+def _predict(model, state, xb, key, batch_size: int):
+    """Predicted classes and NFE per sample of `xb`, solved as independent test
+    batches of `batch_size` (vmapped; one batch if `xb` is smaller). One function for
+    every call of `evaluate`, so evaluations of the same architecture, batch size and
+    shapes (every epoch, or clean and noisy inputs) share one compilation."""
+
+    def one(xg):
+        logits, _, stats = model(xg, state, key=key)
+        nfe = jnp.broadcast_to(stats.num_fn_evals, (xg.shape[0],))
+        return jnp.argmax(logits, -1), nfe
+
+    g = xb.shape[0] // batch_size if xb.shape[0] >= batch_size else 1
+    pred, nfe = jax.vmap(one)(xb.reshape(g, -1, *xb.shape[1:]))
+    return pred.reshape(-1), nfe.reshape(-1)
+
+
 def evaluate(
     model,
     state,
@@ -463,18 +480,6 @@ def evaluate(
 
     # A training-mode solve with `first_step_jitter` draws its first step: a fixed key.
     key = jax.random.PRNGKey(0) if batch_statistics else None
-
-    @eqx.filter_jit
-    def predict(model, state, xb):
-        def one(xg):
-            logits, _, stats = model(xg, state, key=key)
-            nfe = jnp.broadcast_to(stats.num_fn_evals, (xg.shape[0],))
-            return jnp.argmax(logits, -1), nfe
-
-        g = xb.shape[0] // batch_size if xb.shape[0] >= batch_size else 1
-        pred, nfe = jax.vmap(one)(xb.reshape(g, -1, *xb.shape[1:]))
-        return pred.reshape(-1), nfe.reshape(-1)
-
     if noise is not None:
         x = noise(x)
     preds, nfes = [], []
@@ -482,11 +487,11 @@ def evaluate(
     step = groups * batch_size
     for start in range(0, full, step):
         stop = min(start + step, full)
-        pred, nfe = predict(model, state, jnp.asarray(x[start:stop]))
+        pred, nfe = _predict(model, state, jnp.asarray(x[start:stop]), key, batch_size)
         preds.append(np.asarray(pred))
         nfes.append(np.asarray(nfe))
     if full < len(x):  # the remainder, as one smaller batch
-        pred, nfe = predict(model, state, jnp.asarray(x[full:]))
+        pred, nfe = _predict(model, state, jnp.asarray(x[full:]), key, batch_size)
         preds.append(np.asarray(pred))
         nfes.append(np.asarray(nfe))
     pred = np.concatenate(preds)
