@@ -117,16 +117,17 @@ def test_param_counts_smoke(capsys):
 
 @pytest.mark.heavy
 def test_regularized_toy_model_is_cheaper_to_solve(tmp_path):
-    """Same seed: the local (paper's frozen first stage and exact gradient) and
-    global regularizers give a model that takes fewer function evaluations."""
+    """Same seed: the local regularizer with the exact gradient through its step and
+    the global one give a model that takes fewer function evaluations (at each of
+    seeds 0-4, docs/results.md; the paper's first-stage `local` only at some)."""
     from experiments import regularization_toy
 
     rows = regularization_toy.main(
-        ["--regularizers", "none,local,local_exact,global",
-         "--weights", "0,3,1e4,10", "--out", str(tmp_path)]
+        ["--regularizers", "none,local_exact,global", "--weights", "0,1e4,10",
+         "--out", str(tmp_path)]
     )  # fmt: skip
     by = {r["regularizer"]: r for r in rows}
-    for name in ("local", "local_exact", "global"):
+    for name in ("local_exact", "global"):
         assert by[name]["test_nfe"] < by["none"]["test_nfe"], by
         assert by[name]["test_acc"] > 0.8, by
 
