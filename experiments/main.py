@@ -29,6 +29,7 @@ import tadiffeq as td
 
 from . import regularization_toy as toy
 from .common import (
+    add_first_step_jitter_argument,
     ClassifierConfig,
     evaluate,
     load_image_data,
@@ -39,6 +40,7 @@ from .common import (
     positive_int,
     print_table,
     train_classifier,
+    with_first_step_jitter,
     write_json,
 )
 from .reporting import pyplot, save_figure
@@ -67,12 +69,7 @@ def main(argv=None):
         "--noise-std", type=nonnegative_float, default=10.0,
         help="std of the noise on one test sample in ten (normalised pixel units)",
     )  # fmt: skip
-    parser.add_argument(
-        "--first-step-jitter", type=nonnegative_float, default=1.0,
-        help="TA-BN runs: training solves' first step times 2**(-a U) "
-        "(td.NeuralODE's first_step_jitter), so that training covers TA-BN's grid "
-        "(docs/results.md); 0 for the solver's own first step",
-    )  # fmt: skip
+    add_first_step_jitter_argument(parser)
     parser.add_argument(
         "--reg-steps", type=nonnegative_int, default=200,
         help="training steps of the regularization part (0 skips it)",
@@ -94,8 +91,8 @@ def main(argv=None):
         cfg = ClassifierConfig(
             norm=norm, hidden=args.hidden, epochs=args.epochs,
             batch_size=args.batch_size, seed=args.seed,
-            first_step_jitter=args.first_step_jitter if norm == "tabn" else 0.0,
         )  # fmt: skip
+        cfg = with_first_step_jitter(cfg, args.first_step_jitter)
         ckpt_dir = pathlib.Path(args.out) / "checkpoints" / f"{norm}_seed{args.seed}"
         model, state, history = train_classifier(
             cfg, data, label=norm, checkpoint_dir=ckpt_dir

@@ -14,7 +14,9 @@ Each variant wraps the unmixed classifier's MLP vector field (`common.wrap_varia
 Each is trained with every normalisation of `--norms` (default: none and TA-BN) after
 the field's hidden layer, with the paper's recipe (`common.ClassifierConfig`: dopri5
 rtol = atol = 1e-3 on [0, 1], AdamW 1e-3, lr x0.1 at half the steps, weight decay 2e-2,
-clip 10, TA-BN affine penalty 0.1), and evaluated in inference mode at test batch 256
+clip 10, TA-BN affine penalty 0.1; TA-BN runs train with a jittered first step,
+`--first-step-jitter`, default `common.TABN_FIRST_STEP_JITTER`), and evaluated in
+inference mode at test batch 256
 and 2 (accuracy, mean test NFE per sample, parameters). Checkpoints per epoch under
 `--out` (a rerun resumes); writes `node_variants.json` and `node_variants.png`.
 
@@ -33,6 +35,7 @@ import jax
 import tadiffeq as td
 
 from .common import (
+    add_first_step_jitter_argument,
     build_classifier,
     ClassifierConfig,
     evaluate,
@@ -42,7 +45,9 @@ from .common import (
     positive_int_list,
     print_table,
     SOLVERS,
+    TABN_FIRST_STEP_JITTER,
     train_classifier,
+    with_first_step_jitter,
     write_json,
 )
 from .reporting import pyplot, save_figure
@@ -65,6 +70,7 @@ class VariantsConfig:
     test_limit: int | None = None
     test_batches: tuple[int, ...] = field(default=(256, 2))
     solver: str = "dopri5"  # the paper's; "euler" (20 steps) for quick checks
+    first_step_jitter: float = TABN_FIRST_STEP_JITTER  # TA-BN runs only
     seed: int = 0
 
 
@@ -96,6 +102,7 @@ def main(argv=None):
     parser.add_argument("--test-batches", default="256,2", type=positive_int_list,
                         help="comma-separated test batch sizes")  # fmt: skip
     parser.add_argument("--solver", default=defaults.solver, choices=sorted(SOLVERS))
+    add_first_step_jitter_argument(parser, defaults.first_step_jitter)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--out", default="results/node_variants")
     args = parser.parse_args(argv)
@@ -104,7 +111,7 @@ def main(argv=None):
         data=args.data, epochs=args.epochs, batch_size=args.batch_size,
         hidden=args.hidden, train_limit=args.train_limit, test_limit=args.test_limit,
         test_batches=tuple(int(b) for b in args.test_batches.split(",")),
-        solver=args.solver, seed=args.seed,
+        solver=args.solver, first_step_jitter=args.first_step_jitter, seed=args.seed,
     )  # fmt: skip
     for variant in cfg.variants:  # fail before any training on a typo
         try:
@@ -143,6 +150,7 @@ def run(cfg: VariantsConfig, out: pathlib.Path) -> list[dict]:
             norm=norm, variant=variant, hidden=cfg.hidden, epochs=cfg.epochs,
             batch_size=cfg.batch_size, solver=cfg.solver, seed=cfg.seed,
         )  # fmt: skip
+        ccfg = with_first_step_jitter(ccfg, cfg.first_step_jitter)
 
         def log(msg="", end="\n"):  # the trainer's step line (loss, acc, NFE)
             if msg.strip():

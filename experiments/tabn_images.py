@@ -6,8 +6,11 @@ The model is the paper's "unmixed" classifier: one Neural ODE over the image (th
 CIFAR-10 without TA-BN's per-grid affine) with TA-BN on 100 grid intervals, solved by
 dopri5 rtol = atol = 1e-3 on [0, 1], then BN -> dropout -> one linear layer. Recipe:
 AdamW lr 1e-3, weight decay 2e-2, lr x0.1 at half the epochs, batch 256, global-norm
-clip 10, TA-BN affine penalty 0.1. Training batches are augmented (random crop with
-padding, horizontal flip where it keeps the label, random erasing); see `PRESETS`.
+clip 10, TA-BN affine penalty 0.1; TA-BN's training solves take a jittered first step
+(`--first-step-jitter`, default `common.TABN_FIRST_STEP_JITTER`) so that they cover its
+grid (docs/results.md, "TA-BN coverage"). Training batches are augmented (random crop
+with padding, horizontal flip where it keeps the label, random erasing); see
+`PRESETS`.
 
 Data come from tensorflow-datasets (`tadiffeq.data.load_image_dataset`; `--download`
 lets tfds fetch and prepare a dataset once, which needs TensorFlow, the `tfds` extra)
@@ -43,6 +46,7 @@ from tadiffeq.data import (
 )
 
 from .common import (
+    add_first_step_jitter_argument,
     build_classifier,
     ClassifierConfig,
     evaluate,
@@ -51,6 +55,7 @@ from .common import (
     positive_int_list,
     SOLVERS,
     train_classifier,
+    with_first_step_jitter,
     workspace_data,
     write_json,
 )
@@ -318,6 +323,7 @@ def main(argv=None):
         "--mock", type=int, default=0,
         help="N generated examples per split instead of the data",
     )  # fmt: skip
+    add_first_step_jitter_argument(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/tabn_images")
     args = parser.parse_args(argv)
@@ -335,6 +341,7 @@ def main(argv=None):
     if args.no_augment:
         overrides.update(crop_padding=0, flip=False, erasing=0.0)
     cfg = preset_config(args.preset, seed=args.seed, **overrides)
+    cfg = with_first_step_jitter(cfg, args.first_step_jitter)
     parse_widths(cfg.widths)
     print(f"== {args.preset}: {dataclasses.asdict(cfg)}")
     return run(cfg, args)

@@ -69,6 +69,8 @@ class NeuralODE(AbstractNeuralDE):
       (then required), so the solver's step times differ from batch to batch and
       the evaluations of training cover a TA-BN grid (see docs/results.md, "TA-BN
       coverage"). Default `0.0` (deterministic steps); inference is never jittered.
+      Needs an adaptive `stepsize_controller` (with constant steps every step is
+      `dt0`, and there is no first step to move).
     - `nonfinite_statistics`: what a training solve does when a batch statistic is
       not finite (an overflowing activation, a NaN input), which would otherwise
       poison the running statistics for good: `"error"` (default) raises at run
@@ -151,6 +153,17 @@ class NeuralODE(AbstractNeuralDE):
         self.first_step_jitter = check_float(
             "first_step_jitter", first_step_jitter, low=0.0
         )
+        if self.first_step_jitter > 0 and not isinstance(
+            stepsize_controller, dfx.AbstractAdaptiveStepSizeController
+        ):
+            # With constant steps every step is `dt0`: jittering it would change
+            # the whole discretisation of training, not just where steps fall.
+            raise ValueError(
+                "`first_step_jitter` moves the first step of an adaptive solve; with "
+                f"`stepsize_controller={type(stepsize_controller).__name__}()` every "
+                "step is `dt0`, so it would change the number of steps of every "
+                "training solve. Use `first_step_jitter=0.0` with constant steps."
+            )
         if nonfinite_statistics not in ("error", "keep_previous"):
             raise ValueError(
                 "`nonfinite_statistics` must be 'error' or 'keep_previous', got "

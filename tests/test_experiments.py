@@ -353,6 +353,42 @@ def test_evaluate_a_classifier_trained_with_first_step_jitter():
     assert twice[0] == twice[1]
 
 
+def test_scripts_jitter_tabn_training_solves_only_where_it_acts(capsys):
+    """The scripts' TA-BN runs train with `TABN_FIRST_STEP_JITTER` by default (what
+    made training cover the grid, docs/results.md); other normalisations and Euler's
+    constant steps get none (the library refuses jitter with constant steps)."""
+    import argparse
+
+    from experiments.common import (
+        add_first_step_jitter_argument,
+        ClassifierConfig,
+        TABN_FIRST_STEP_JITTER,
+        with_first_step_jitter,
+    )
+    from experiments.tabn_images import preset_config
+
+    assert TABN_FIRST_STEP_JITTER == 1.0
+    cases = [
+        (ClassifierConfig(norm="tabn"), 0.5),
+        (ClassifierConfig(norm="tabn_gaussian", solver="tsit5"), 0.5),
+        (ClassifierConfig(norm="tabn", solver="euler"), 0.0),
+        (ClassifierConfig(norm="popti"), 0.0),
+        (ClassifierConfig(norm="none"), 0.0),
+        (preset_config("cifar10"), 0.5),  # the GPU script's config (a subclass)
+    ]
+    for cfg, expected in cases:
+        jittered = with_first_step_jitter(cfg, 0.5)
+        assert jittered.first_step_jitter == expected, cfg
+        assert type(jittered) is type(cfg) and jittered.norm == cfg.norm
+    parser = argparse.ArgumentParser()
+    add_first_step_jitter_argument(parser)
+    assert parser.parse_args([]).first_step_jitter == TABN_FIRST_STEP_JITTER
+    assert parser.parse_args(["--first-step-jitter", "0"]).first_step_jitter == 0.0
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--first-step-jitter", "-1"])
+    assert "--first-step-jitter" in capsys.readouterr().err
+
+
 def test_classifier_architecture_authors_or_legacy():
     """`ClassifierConfig.architecture`: the authors' conv field and head by default,
     tadiffeq 0.1's with "0.1" (what the runs recorded before it used), checked."""

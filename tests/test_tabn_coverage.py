@@ -1,5 +1,6 @@
 """TA-BN's coverage bookkeeping and its inference read (issue 18)."""
 
+import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -282,3 +283,15 @@ def test_first_step_jitter_draws_from_the_key(getkey):
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="first_step_jitter"):
             td.NeuralODE(lambda t, y, s: (y, s), first_step_jitter=bad)
+
+
+def test_first_step_jitter_needs_an_adaptive_controller():
+    """With constant steps every step is dt0, so jittering it would change the
+    number of steps of every training solve: refused at construction."""
+    field = lambda t, y, s: (y, s)
+    const = dict(solver=dfx.Euler(), stepsize_controller=dfx.ConstantStepSize())
+    with pytest.raises(ValueError, match="first_step_jitter.*ConstantStepSize"):
+        td.NeuralODE(field, dt0=0.05, first_step_jitter=1.0, **const)
+    td.NeuralODE(field, dt0=0.05, first_step_jitter=0.0, **const)
+    clipped = dfx.ClipStepSizeController(dfx.PIDController(rtol=1e-3, atol=1e-3))
+    td.NeuralODE(field, stepsize_controller=clipped, first_step_jitter=1.0)
