@@ -121,12 +121,18 @@ def solver_setup(cfg: ClassifierConfig):
 TABN_FIRST_STEP_JITTER = 1.0
 
 
+def adaptive_steps(cfg: ClassifierConfig) -> bool:
+    """Whether `cfg`'s solves choose their steps (`solver_setup`'s controller is
+    adaptive; Euler's 20 constant steps are not)."""
+    return isinstance(solver_setup(cfg)[1], dfx.AbstractAdaptiveStepSizeController)
+
+
 def with_first_step_jitter(cfg, jitter: float):
     """`cfg` (a `ClassifierConfig`) with `first_step_jitter=jitter` where it acts: a
     TA-BN normalisation (a grid for training to cover) under an adaptive solver;
     `0.0` otherwise (Euler's constant steps have no first step to move, and the
     other normalisations no grid)."""
-    acts = cfg.norm.startswith("tabn") and cfg.solver != "euler"
+    acts = cfg.norm.startswith("tabn") and adaptive_steps(cfg)
     return replace(cfg, first_step_jitter=jitter if acts else 0.0)
 
 

@@ -41,6 +41,7 @@ import numpy as np
 import tadiffeq as td
 
 from .common import (
+    adaptive_steps,
     ClassifierConfig,
     evaluate,
     load_image_data,
@@ -110,7 +111,7 @@ def study_solver(base, data, out, args):
     for norm in ("tabn", "none"):
         for solver in ("euler", "dopri5"):
             cfg = dataclasses.replace(base, norm=norm, solver=solver)
-            if solver == "euler":  # constant steps: no first step to jitter
+            if not adaptive_steps(cfg):  # constant steps: no first step to jitter
                 cfg = dataclasses.replace(cfg, first_step_jitter=0.0)
             rows.append(_row(cfg, *_train(cfg, data, out, f"{norm} {solver}"), data))
     return rows, _columns()

@@ -360,6 +360,7 @@ def test_scripts_jitter_tabn_training_solves_only_where_it_acts(capsys):
     import argparse
 
     from experiments.common import (
+        adaptive_steps,
         add_first_step_jitter_argument,
         ClassifierConfig,
         TABN_FIRST_STEP_JITTER,
@@ -368,6 +369,8 @@ def test_scripts_jitter_tabn_training_solves_only_where_it_acts(capsys):
     from experiments.tabn_images import preset_config
 
     assert TABN_FIRST_STEP_JITTER == 1.0
+    assert not adaptive_steps(ClassifierConfig(solver="euler"))
+    assert all(adaptive_steps(ClassifierConfig(solver=s)) for s in ("dopri5", "tsit5"))
     cases = [
         (ClassifierConfig(norm="tabn"), 0.5),
         (ClassifierConfig(norm="tabn_gaussian", solver="tsit5"), 0.5),
