@@ -140,6 +140,13 @@ class AbstractNeuralDE(eqx.Module):
     #: The `StatefulSolver` class the solve wraps `solver` in.
     solver_wrapper: ClassVar[type[StatefulSolver]] = StatefulSolver
 
+    @property
+    def _adaptive(self) -> bool:
+        """Whether the step-size controller chooses the steps (else `dt0` does)."""
+        return isinstance(
+            self.stepsize_controller, dfx.AbstractAdaptiveStepSizeController
+        )
+
     @abc.abstractmethod
     def spec(self) -> SolveSpec:
         """This model's training solve as regularizers see it."""

@@ -153,9 +153,7 @@ class NeuralODE(AbstractNeuralDE):
         self.first_step_jitter = check_float(
             "first_step_jitter", first_step_jitter, low=0.0
         )
-        if self.first_step_jitter > 0 and not isinstance(
-            stepsize_controller, dfx.AbstractAdaptiveStepSizeController
-        ):
+        if self.first_step_jitter > 0 and not self._adaptive:
             # With constant steps every step is `dt0`: jittering it would change
             # the whole discretisation of training, not just where steps fall.
             raise ValueError(

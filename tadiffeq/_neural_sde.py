@@ -193,13 +193,6 @@ class NeuralSDE(AbstractNeuralDE):
             "initial_step_order", initial_step_order, low=0.0, low_open=True
         )
 
-    @property
-    def _adaptive(self) -> bool:
-        """Whether the step-size controller chooses the steps (else `dt0` does)."""
-        return isinstance(
-            self.stepsize_controller, dfx.AbstractAdaptiveStepSizeController
-        )
-
     def spec(self) -> SolveSpec:
         """This SDE's training solve as regularizers see it: the drift is the
         field, the local step is this model's (`local_step_estimate`)."""
