@@ -93,4 +93,4 @@ from ._solver.stateful import (
 from ._solver.tableau import RKTableau as RKTableau
 
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

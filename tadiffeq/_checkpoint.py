@@ -253,15 +253,17 @@ def _mismatch(path, saved: list, expected: list, like: PyTree) -> str:
         for p, x in jax.tree_util.tree_flatten_with_path(like)[0]
         if eqx.is_array(x)
     ]
+    # Fewer arrays than `like`: maybe the layout from before coverage existed (with
+    # several TA-BN layers the first difference is then a shape, not the count).
+    hint = f" {_HINT}" if len(saved) < len(expected) else ""
     for i, (a, b) in enumerate(zip(saved, expected)):
         if a != b:
             return (
                 f"Checkpoint {path} does not match `like`: array {i} "
                 f"({paths[i]}) was saved with shape {tuple(a[0])} and dtype {a[1]}, "
-                f"`like` has shape {tuple(b[0])} and dtype {b[1]}."
+                f"`like` has shape {tuple(b[0])} and dtype {b[1]}.{hint}"
             )
     more = "fewer" if len(saved) < len(expected) else "more"
-    hint = f" {_HINT}" if more == "fewer" else ""
     return (
         f"Checkpoint {path} holds {len(saved)} arrays, {more} than the "
         f"{len(expected)} of `like`: it was written for another model.{hint}"

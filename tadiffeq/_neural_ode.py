@@ -14,6 +14,7 @@ from ._fields.field import AbstractVectorField
 from ._misc import check_float
 from ._neural_de import AbstractNeuralDE, check_solve_arguments, SolveStats
 from ._norm.base import norm_layers
+from ._norm.batchnorm import AbstractBatchNorm
 from ._norm.state import check_state
 from ._norm.tabn import TABatchNorm
 from ._regularizers.base import AbstractRegularizer, SolveSpec
@@ -337,10 +338,13 @@ class NeuralODE(AbstractNeuralDE):
             num_nonfinite = 0
         return ys, new_state, num_nonfinite
 
-    @staticmethod
-    def _check_statistics(old: eqx.nn.State, new: eqx.nn.State):
+    def _check_statistics(self, old: eqx.nn.State, new: eqx.nn.State):
         """`new` with every non-finite entry put back to its value in `old` (the
-        state before the solve), and how many there were."""
+        state before the solve), and how many there were.
+
+        A coverage-aware layer's grid point with any non-finite new statistic keeps
+        all its old statistics *and* its old coverage: its coverage says how much
+        data its statistics hold, and the solve's data was thrown away there."""
         new_leaves, treedef = jax.tree.flatten(new)
         kept, count = [], jnp.zeros((), jnp.int32)
         for n, o in zip(new_leaves, jax.tree.leaves(old)):
@@ -349,4 +353,21 @@ class NeuralODE(AbstractNeuralDE):
                 count = count + jnp.sum(~finite)
                 n = jnp.where(finite, n, o)
             kept.append(n)
-        return jax.tree.unflatten(treedef, kept), count
+        kept = jax.tree.unflatten(treedef, kept)
+        for layer in norm_layers(self.field):
+            if not isinstance(layer, AbstractBatchNorm):
+                continue
+            coverage_index = layer.coverage_index
+            if coverage_index is None or layer.state_index is None:
+                continue
+            stats = new.get(layer.state_index)  # (mean, var), each (points, C)
+            bad = ~jnp.all(jnp.isfinite(jnp.stack(stats)), axis=(0, 2))
+
+            def keep_old(o, n, bad=bad):
+                return jnp.where(bad.reshape(bad.shape + (1,) * (n.ndim - 1)), o, n)
+
+            for index in (layer.state_index, coverage_index):
+                kept = kept.set(
+                    index, jax.tree.map(keep_old, old.get(index), kept.get(index))
+                )
+        return kept, count

@@ -315,8 +315,17 @@ def test_nonfinite_batch_statistics_never_enter_the_state(norm, getkey):
         unchanged += int(np.sum(np.asarray(a) == np.asarray(b)))
     # The poisoned entries are back at their old values.
     assert unchanged >= int(stats.num_nonfinite_statistics)
-    _, _, clean = keep(x[1:], after)
+    _, cleaned, clean = keep(x[1:], after)
     assert int(clean.num_nonfinite_statistics) == 0
+    if norm == "tabn":
+        # The outlier makes every channel of the first layer's variance inf at every
+        # point the solve touched: those points keep their statistics and their
+        # coverage (which a clean solve does lower).
+        first = keep.field.norms[0]
+        np.testing.assert_array_equal(
+            first.coverage(after), first.coverage(td.clone_state(state))
+        )
+        assert np.any(first.coverage(cleaned) > first.coverage(after))
     with pytest.raises(ValueError, match="nonfinite_statistics"):
         _mlp_node(norm, getkey(), nonfinite_statistics="ignore")
 

@@ -92,8 +92,11 @@ def test_other_grids_read_covered_points_only(grid):
         )
 
 
-def test_full_coverage_is_the_papers_read_exactly(getkey):
-    kw = dict(num_intervals=10, t0=0.5, t1=2.0, momentum=0.3)
+@pytest.mark.parametrize("interpolation", ["linear", "nearest", "gaussian"])
+def test_full_coverage_is_the_papers_read_exactly(interpolation, getkey):
+    kw = dict(
+        num_intervals=10, t0=0.5, t1=2.0, momentum=0.3, interpolation=interpolation
+    )
     paper, state_p = _make(4, coverage_aware=False, **kw)
     ours, state_o = _make(4, **kw)
     gamma = jax.random.normal(getkey(), (11, 4))
@@ -111,6 +114,31 @@ def test_full_coverage_is_the_papers_read_exactly(getkey):
         a, _ = paper(t, x, state_p, inference=True)
         b, _ = ours(t, x, state_o, inference=True)
         np.testing.assert_array_equal(a, b)
+
+
+def test_bias_corrected_variance_of_a_constant_channel_is_not_negative(getkey):
+    # A constant channel: running_var and u both decay as prod(1 - eta w), and their
+    # rounding differs (a float32 run reached -1.8e-7, bfloat16 -0.016). Here the
+    # buffer is 1e-6 below u: the unclamped estimate is -2e-6, NaN with eps 1e-7.
+    norm, state = _make(2, num_intervals=4, eps=1e-7)
+    u = jnp.full((5,), 0.5, jnp.float32)
+    var = jnp.stack([u - 1e-6, jnp.full((5,), 0.7, jnp.float32)], axis=1)
+    state = _set_stats(norm, state, jnp.zeros((5, 2)), var, coverage=1.0 - u)
+    inf = eqx.nn.inference_mode(norm)
+    _, v = inf.statistics_at(0.3, state)
+    np.testing.assert_array_equal(v[0], 0.0)
+    np.testing.assert_allclose(v[1], (0.7 - 0.5) / 0.5, rtol=1e-6)
+    y, _ = inf(0.3, jax.random.normal(getkey(), (3, 2)), state)
+    assert np.all(np.isfinite(y))
+
+
+def test_low_precision_layer_keeps_float32_coverage(getkey):
+    norm, state = _make(3, num_intervals=4, momentum=0.1, dtype=jnp.bfloat16)
+    x = jax.random.normal(getkey(), (8, 3)).astype(jnp.bfloat16)
+    for _ in range(5):
+        _, state = norm(0.5, x, state)
+    assert state.get(norm.coverage_index).dtype == jnp.float32
+    np.testing.assert_allclose(norm.coverage(state)[2], 1 - 0.9**5, rtol=1e-6)
 
 
 def test_uncovered_points_never_contribute(getkey):
@@ -211,15 +239,17 @@ def test_coverage_helper_and_errors(getkey):
         _make(3, coverage_aware="yes")
 
 
-def test_state_written_before_coverage_loads_into_papers_rule(tmp_path, getkey):
+@pytest.mark.parametrize("hidden", [(4,), (4, 4)])
+def test_state_written_before_coverage_loads_into_papers_rule(hidden, tmp_path, getkey):
     # A checkpoint of the 0.1 layout (no coverage arrays) loads into
-    # coverage_aware=False; the default layout refuses it with a message saying so.
+    # coverage_aware=False; the default layout refuses it with a message saying so
+    # (with two layers the first difference is a shape, not the number of arrays).
     def build(coverage_aware):
         return eqx.nn.make_with_state(
             lambda key: td.NeuralODE(
                 td.MLPField(
                     3,
-                    (4,),
+                    hidden,
                     norm=lambda n, **kw: td.TABatchNorm(
                         n, coverage_aware=coverage_aware
                     ),
@@ -237,8 +267,12 @@ def test_state_written_before_coverage_loads_into_papers_rule(tmp_path, getkey):
         restored.get(old.field.norms[0].state_index)[0],
         old_state.get(old.field.norms[0].state_index)[0],
     )
+    new = build(True)
     with pytest.raises(ValueError, match="coverage_aware=False"):
-        ckpt.restore(build(True))
+        ckpt.restore(new)
+    # The old state itself, given to the new model, is refused with the same hint.
+    with pytest.raises(ValueError, match="coverage.*coverage_aware=False"):
+        new[0](jax.random.normal(getkey(), (6, 3)), old_state)
 
 
 def _mlp_node(key, **kw):

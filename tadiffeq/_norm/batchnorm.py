@@ -181,8 +181,14 @@ class AbstractBatchNorm(AbstractNorm):
         # variance, as init_running_statistics), so the estimate is
         # running + u / (1 - u) (running - init); 0 where uncovered (unread).
         ratio = jnp.where(covered, u / jnp.where(u < 1.0, 1.0 - u, 1.0), 0)[:, None]
+        ratio = ratio.astype(running_mean.dtype)
         mean = _contract(w, running_mean + ratio * running_mean)
-        return w, mean, _contract(w, running_var + ratio * (running_var - 1.0))
+        # The buffers' rounding, magnified by 1 / (1 - u), can take the estimate of a
+        # variance of (nearly) zero below zero (a constant channel: running_var and u
+        # both decay as prod(1 - eta w)); a variance is >= 0, and below -eps the
+        # normalisation would be NaN.
+        var = jnp.maximum(running_var + ratio * (running_var - 1.0), 0.0)
+        return w, mean, _contract(w, var)
 
     def _update(self, w, state, batch_mean, batch_var) -> eqx.nn.State:
         """The state after one training evaluation with weights `w` (`None`: the
@@ -202,8 +208,11 @@ class AbstractBatchNorm(AbstractNorm):
             new.append(jnp.where(rate > 0, running + rate * (batch - running), running))
         state = state.set(self.state_index, tuple(new))
         if self.coverage_index is not None:
+            # In the coverage's own dtype (at least float32), not the statistics'.
+            assert w is not None
             remaining = state.get(self.coverage_index)
-            state = state.set(self.coverage_index, remaining * (1.0 - rate[:, 0]))
+            rate = jax.lax.stop_gradient(self.momentum * w.astype(remaining.dtype))
+            state = state.set(self.coverage_index, remaining * (1.0 - rate))
         return state
 
 

@@ -33,10 +33,21 @@ def check_state(owner: str, model, state, *, whole: bool | None = None) -> None:
         try:
             held += len(jax.tree.leaves(state.get(index)))
         except KeyError as e:  # an index this state does not hold
+            coverage = any(
+                isinstance(layer, AbstractBatchNorm) and index is layer.coverage_index
+                for layer in norm_layers(model)
+            )
             raise ValueError(
                 f"{owner}: `state` holds no entry for {name(index)!r}: it is the "
                 "state of another model; build the model and its state together with "
                 "eqx.nn.make_with_state."
+                + (
+                    " That entry is a TA-BN layer's coverage: a state made for "
+                    "layers built with `coverage_aware=False` (or by tadiffeq 0.1) "
+                    "has none."
+                    if coverage
+                    else ""
+                )
             ) from e
     for layer in norm_layers(model):
         if not isinstance(layer, AbstractBatchNorm):

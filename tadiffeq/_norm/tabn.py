@@ -65,10 +65,12 @@ class TABatchNorm(AbstractBatchNorm):
       [`tadiffeq.AbstractTimeGrid.covered_weights`][]).
 
     Where every point is fully covered (`u_k = 0`) this is the paper's read
-    exactly; where no point is covered it is the paper's read of the initial
-    values. Training mode is unchanged. `coverage_aware=False` is the paper's rule
-    exactly (and the state layout of tadiffeq 0.1: checkpoints written before
-    coverage existed load into such a layer). `coverage(state)` returns `c`.
+    exactly; where no point is covered (`c_k < min_coverage` everywhere) it is the
+    paper's read of the buffers as they are (the initial values, or barely updated
+    ones, not bias-corrected). Training mode is unchanged. `coverage_aware=False`
+    is the paper's rule exactly (and the state layout of tadiffeq 0.1: checkpoints
+    written before coverage existed load into such a layer). `coverage(state)`
+    returns `c`.
 
     Coverage makes inference read only what training saw; to make training see the
     whole grid, train with `NeuralODE(..., first_step_jitter=1.0)` (and a `key` in
@@ -95,7 +97,8 @@ class TABatchNorm(AbstractBatchNorm):
     - `eps`: added to the variance (default `1e-5`).
     - `affine`: learn the per-grid-point weight and bias (default `True`).
     - `channel_axis`: channel axis of the batched input (default `-1`).
-    - `dtype`: parameter and statistics dtype (default float32).
+    - `dtype`: parameter and statistics dtype (default float32); the coverage is
+      kept in at least float32.
     - `coverage_aware`: track coverage and read only covered, bias-corrected points
       at inference (default `True`, above); `False` for the paper's rule.
     - `min_coverage`: the coverage from which a point counts as covered, in (0, 1]
@@ -185,7 +188,14 @@ class TABatchNorm(AbstractBatchNorm):
         self.state_index = init_running_statistics(shape, dtype)
         self.coverage_index = (
             eqx.nn.StateIndex(
-                jnp.ones(shape[:1], jnp.float32 if dtype is None else dtype)
+                # At least float32: in bfloat16 / float16 the product of (1 - eta w)
+                # is a percent off within a few steps, and the read divides by it.
+                jnp.ones(
+                    shape[:1],
+                    jnp.promote_types(
+                        jnp.float32 if dtype is None else dtype, jnp.float32
+                    ),
+                )
             )
             if coverage_aware
             else None

@@ -90,10 +90,9 @@ class AbstractTimeGrid(eqx.Module):
 
         The default masks `weights(t)` and renormalises it; where that leaves nothing
         (every point with weight is uncovered), all weight goes to the nearest covered
-        point. With no point covered it returns `weights(t)`. Where every point is
-        covered it equals `weights(t)` up to rounding (exactly, for
-        [`tadiffeq.LinearTimeGrid`][], which interpolates between the nearest covered
-        points instead).
+        point. With no point covered, or every point, it returns `weights(t)`
+        ([`tadiffeq.LinearTimeGrid`][] interpolates between the nearest covered points
+        instead).
         """
         s = self._position(t)
         w = self.weights(t)
@@ -101,7 +100,7 @@ class AbstractTimeGrid(eqx.Module):
         total = jnp.sum(masked)
         nearest = _nearest_covered(s, covered)
         out = jnp.where(total > 0, masked / jnp.where(total > 0, total, 1.0), nearest)
-        return jnp.where(jnp.any(covered), out, w)
+        return jnp.where(jnp.any(covered) & ~jnp.all(covered), out, w)
 
 
 class LinearTimeGrid(AbstractTimeGrid):
