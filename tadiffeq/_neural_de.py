@@ -248,7 +248,13 @@ class AbstractNeuralDE(eqx.Module):
         ys, y_end = sol.ys, None
         if ts is None:
             ys = jtu.tree_map(lambda a: a[0], ys)
-            ys = check_solution(sol, y_init, ys, max_steps=self.max_steps)
+            ys = check_solution(
+                sol,
+                y_init,
+                ys,
+                max_steps=self.max_steps,
+                model_part=None if plan.augment is None else lambda y: y[0],
+            )
             y_end = ys
         elif save_t1:
             y_end = jtu.tree_map(lambda a: a[-1], ys)

@@ -14,7 +14,7 @@ from ._misc import check_float
 from ._neural_de import AbstractNeuralDE, check_solve_arguments, SolveStats
 from ._norm.base import norm_layers
 from ._regularizers.base import AbstractRegularizer, SolveSpec
-from ._solver.controllers import controller_tolerances
+from ._solver.controllers import controller_tolerances, pid_controller
 from ._solver.estimates import scaled_error
 from ._solver.stateful import clone_state, run_stages, StatefulSolver, time_dtype
 from ._solver.tableau import RKTableau
@@ -105,12 +105,15 @@ class NeuralSDE(AbstractNeuralDE):
     **Arguments:**
 
     - `drift`, `diffusion`: the two fields; the diffusion returns the shape of y.
-    - `solver`: default `diffrax.Heun()` (any explicit Runge--Kutta solver of diffrax
-      with an error estimate works; Heun is the one that is Stratonovich-consistent).
+    - `solver`: default `diffrax.Heun()` (an explicit Runge--Kutta solver of diffrax
+      with an error estimate; with adaptive steps also a strong order, as Heun,
+      Midpoint and Ralston have, or a `PIDController` given its `error_order`. Heun
+      is the one that is Stratonovich-consistent).
     - `stepsize_controller`: default `diffrax.PIDController(rtol=1e-3, atol=1e-3)`.
     - `t0`, `t1`: the interval (default `[0, 1]`).
-    - `dt0`: initial step (default: the drift heuristic); required, and the step,
-      with a non-adaptive `stepsize_controller` such as `diffrax.ConstantStepSize()`.
+    - `dt0`: initial step (default: the SDE heuristic on drift and diffusion);
+      required, and the step, with a non-adaptive `stepsize_controller` such as
+      `diffrax.ConstantStepSize()`.
     - `brownian_tol`: the Brownian tree's resolution, in `[(t1 - t0) 2**-40, t1 - t0)`
       (default `(t1 - t0) / 2**12`).
     - `max_steps`: default `4096`.
@@ -159,6 +162,18 @@ class NeuralSDE(AbstractNeuralDE):
                 f"`solver={type(solver).__name__}()` has no error estimate; NeuralSDE "
                 "needs one for its local step and its Stratonovich solve (use "
                 "diffrax.Heun(), also with a constant step size)."
+            )
+        pid = pid_controller(stepsize_controller)
+        if (
+            pid is not None
+            and pid.error_order is None
+            and solver.strong_order(None) is None
+        ):
+            raise ValueError(
+                f"`solver={type(solver).__name__}()` has no strong order for SDEs, "
+                "from which the adaptive step-size control takes its error order: use "
+                "diffrax.Heun(), Midpoint() or Ralston(), or pass "
+                "`PIDController(..., error_order=...)`."
             )
         for name, field in (("drift", drift), ("diffusion", diffusion)):
             if not callable(field):

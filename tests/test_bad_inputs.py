@@ -245,6 +245,25 @@ def test_failed_solves_say_why(field, x, match):
         jax.block_until_ready(sde(x, eqx.nn.State(sde), key=jax.random.key(1)))
 
 
+class _Rotation(td.AbstractVectorField):
+    """dy/dt = y A with A = [[0, 50], [-50, 0]]: |y| stays constant, |f| = 50 |y|."""
+
+    def __call__(self, t, y, state):
+        return 50.0 * jnp.stack([-y[..., 1], y[..., 0]], axis=-1), state
+
+
+def test_step_budget_with_a_regularizers_integrals_is_not_called_a_blow_up():
+    """RNODE's kinetic integral (int |f|^2 dt = 2,500 |y|^2 here) rides in the
+    solve's state and grows by design: a solve that only ran out of steps at a
+    bounded model state is the step budget, not a blow-up."""
+    node, state = eqx.nn.make_with_state(td.NeuralODE)(_Rotation(), max_steps=4)
+    x = jnp.ones((2, 2))
+    with pytest.raises(Exception, match="at a finite, bounded state"):
+        jax.block_until_ready(
+            node(x, state, regularizer=td.RNODE(), key=jax.random.key(0))
+        )
+
+
 def test_scalar_arrays_count_as_numbers():
     """The argument checks refuse strings, NaN and infinities, not numbers that come
     as 0-d NumPy or JAX arrays; traced values (a model built under vmap) pass

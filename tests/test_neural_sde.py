@@ -217,6 +217,13 @@ def test_sde_errors(getkey):
         td.NeuralSDE(stateful, plain)
     with pytest.raises(ValueError, match="no error estimate"):
         td.NeuralSDE(plain, plain, solver=dfx.Euler())
+    # Dopri5 has an error estimate but no strong order: diffrax failed at the first
+    # call without naming `solver`.
+    with pytest.raises(ValueError, match="`solver=Dopri5\\(\\)` has no strong order"):
+        td.NeuralSDE(plain, plain, solver=dfx.Dopri5())
+    pid = dfx.PIDController(rtol=1e-3, atol=1e-3, error_order=1.0)
+    td.NeuralSDE(plain, plain, solver=dfx.Dopri5(), stepsize_controller=pid)
+    td.NeuralSDE(plain, plain, solver=dfx.Ralston())
     for dt0 in (0.0, -0.1, float("nan")):
         with pytest.raises(ValueError, match="`dt0` must be a finite float > 0"):
             td.NeuralSDE(plain, plain, dt0=dt0)

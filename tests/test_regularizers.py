@@ -231,6 +231,27 @@ def test_local_step_never_ends_past_t1(getkey):
     np.testing.assert_allclose(near, by_hand, rtol=1e-5)
 
 
+def test_stiffness_regularizers_take_no_tolerances_and_are_finite_at_t1(getkey):
+    """The stiffness estimate scales nothing by rtol/atol: a constant-step node takes
+    both stiffness regularizers without them. From t1 (dt clamped to 0) the local
+    estimate is 0, not 0 / 0."""
+    a = -7.0 * jnp.eye(3)  # every eigenvalue -7: the estimate is exact (above)
+    y = jax.random.normal(getkey(), (2, 3))
+    boundary = td.real_stability_boundary(td.RKTableau.of(dfx.Tsit5()))
+    fixed, state = _linear_node(
+        a, solver=dfx.Tsit5(), stepsize_controller=dfx.ConstantStepSize(), dt0=0.1
+    )
+    local, _ = td.local_step_estimate(fixed, state, 0.5, y, kind="stiffness")
+    np.testing.assert_allclose(local, 7.0 / boundary, rtol=1e-3)
+    _, _, stats = fixed(y, state, regularizer=td.GlobalRegularizer(kind="stiffness"))
+    np.testing.assert_allclose(stats.regularization, 7.0 / boundary, rtol=1e-3)
+    adaptive, state = _linear_node(a, solver=dfx.Tsit5())
+    at_t1, _ = td.local_step_estimate(adaptive, state, 1.0, y, kind="stiffness")
+    assert float(at_t1) == 0.0
+    with pytest.raises(ValueError, match="GlobalRegularizer.*rtol"):
+        td.GlobalRegularizer(rtol=-1.0)
+
+
 def test_local_regularizer_value_is_the_step_at_the_sampled_time(getkey):
     """End to end: the unbiased regularizer's value is `local_step_estimate` at
     t_s ~ U[t0, t1) drawn from the key, from the solution y(t_s)."""

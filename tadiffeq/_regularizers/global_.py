@@ -6,7 +6,11 @@ from typing import cast, Literal
 import equinox as eqx
 
 from .._custom_types import Scalar
-from .._solver.controllers import controller_tolerances
+from .._solver.controllers import (
+    check_tolerances,
+    controller_norm,
+    controller_tolerances,
+)
 from .._solver.estimates import check_stiffness_tableau, real_stability_boundary
 from .._solver.observers import StepAccumulator
 from .._solver.tableau import RKTableau
@@ -32,7 +36,9 @@ class GlobalRegularizer(AbstractRegularizer):
       its code (RegNeuralDE.jl) averages them, which differs by the step count and
       keeps the weight's scale independent of it; `"sum"` is the paper's formula.
       Default `"max"` for stiffness: the stiffest accepted step.
-    - `rtol`, `atol`: the error scaling; default the node's `PIDController`'s.
+    - `rtol`, `atol`: the error scaling (`kind="error"` only: the stiffness estimate
+      takes the controller's norm and no tolerances); default the node's
+      `PIDController`'s.
 
     ??? cite "Reference"
 
@@ -66,6 +72,7 @@ class GlobalRegularizer(AbstractRegularizer):
             raise ValueError(
                 f"`reduce` must be 'mean', 'sum' or 'max', got {self.reduce!r}."
             )
+        check_tolerances("GlobalRegularizer", self.rtol, self.atol)
 
     @property
     def reduction(self) -> Literal["mean", "sum", "max"]:
@@ -84,10 +91,14 @@ class GlobalRegularizer(AbstractRegularizer):
         if self.kind == "stiffness":
             check_stiffness_tableau(tableau)
             stability = real_stability_boundary(tableau)
-        rtol, atol, norm = controller_tolerances(
-            spec.stepsize_controller, self.rtol, self.atol
-        )
-        acc = StepAccumulator(self.kind, rtol, atol, stability, norm)
+        if self.kind == "error":
+            rtol, atol, norm = controller_tolerances(
+                spec.stepsize_controller, self.rtol, self.atol
+            )
+            acc = StepAccumulator("error", rtol, atol, norm=norm)
+        else:  # the stiffness estimate scales nothing by the tolerances
+            norm = controller_norm(spec.stepsize_controller)
+            acc = StepAccumulator("stiffness", stability_size=stability, norm=norm)
         return Plan(observers=(acc,))
 
     def finish(self, *, spec: SolveSpec, result: SolveResult) -> tuple[Scalar, int]:

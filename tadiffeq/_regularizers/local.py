@@ -10,7 +10,11 @@ import jax.numpy as jnp
 from jaxtyping import ArrayLike, PRNGKeyArray
 
 from .._custom_types import Count, Scalar, Y
-from .._solver.controllers import check_tolerances, controller_tolerances
+from .._solver.controllers import (
+    check_tolerances,
+    controller_norm,
+    controller_tolerances,
+)
 from .._solver.estimates import (
     check_stiffness_tableau,
     real_stability_boundary,
@@ -77,7 +81,11 @@ def local_step_estimate(
         raise ValueError(f"`{type(spec.solver).__name__}` has no error estimate.")
     if kind == "stiffness":
         check_stiffness_tableau(tab)
-    rtol_, atol_, norm = controller_tolerances(spec.stepsize_controller, rtol, atol)
+    if kind == "error":
+        rtol_, atol_, norm = controller_tolerances(spec.stepsize_controller, rtol, atol)
+    else:  # the stiffness estimate scales nothing by the tolerances
+        rtol_ = atol_ = None
+        norm = controller_norm(spec.stepsize_controller)
     tdt = time_dtype(y)
     t = jax.lax.stop_gradient(jnp.asarray(t, tdt))
     y = jax.lax.stop_gradient(y)
@@ -108,6 +116,7 @@ def local_step_estimate(
     stages = run_stages(tab, evaluate, t, dt, y, k0, f0, None, keep_last_f=False)
     evaluations += tab.num_stages
     if kind == "error":
+        assert rtol_ is not None and atol_ is not None
         e = scaled_error(y, stages.y1, stages.y_error, rtol_, atol_, norm)
         return e * dt, evaluations
     rho = stiffness_estimate(tab, stages.ks, dt, norm)
@@ -139,7 +148,9 @@ class LocalRegularizer(AbstractRegularizer):
 
     - `kind`: `"error"` (default) or `"stiffness"` (dopri5 and tsit5).
     - `sampling`: `"unbiased"` (default) or `"biased"`.
-    - `rtol`, `atol`: the error scaling; default the node's `PIDController`'s.
+    - `rtol`, `atol`: the error scaling (`kind="error"` only: the stiffness estimate
+      takes the controller's norm and no tolerances); default the node's
+      `PIDController`'s.
     - `stop_first_stage`: freeze the first stage's gradient. Default `None`: as the
       paper's code, frozen for a [`tadiffeq.NeuralODE`][], differentiated for a
       [`tadiffeq.NeuralSDE`][] (whose SOSRI step recomputes it).
@@ -184,9 +195,11 @@ class LocalRegularizer(AbstractRegularizer):
         assert key is not None  # needs_key: the solve passes one
         if self.sampling == "biased":
             return Plan(observers=(StepReservoir(key),))
-        t_s = jax.random.uniform(
-            key, (), time_dtype(y0), minval=spec.t0, maxval=spec.t1
-        )
+        tdt = time_dtype(y0)
+        t0, t1 = jnp.asarray(spec.t0, tdt), jnp.asarray(spec.t1, tdt)
+        t_s = jax.random.uniform(key, (), tdt, minval=t0, maxval=t1)
+        # [t0, t1) as documented: t0 + u (t1 - t0) rounds to t1 for some t0 != 0.
+        t_s = jnp.minimum(t_s, jnp.nextafter(t1, t0))
         return Plan(observers=(TimeProbe(t_s),))
 
     def sample(self, result: SolveResult) -> tuple[Scalar, Y]:

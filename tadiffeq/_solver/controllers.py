@@ -53,6 +53,13 @@ def check_tolerances(owner: str, rtol, atol) -> None:
         )
 
 
+def controller_norm(controller: dfx.AbstractStepSizeController) -> Callable:
+    """The error norm of the `PIDController` that `controller` is or wraps; RMS
+    without one."""
+    pid = pid_controller(controller)
+    return optx.rms_norm if pid is None else pid.norm
+
+
 def controller_tolerances(
     controller: dfx.AbstractStepSizeController,
     rtol: float | None,
@@ -73,4 +80,4 @@ def controller_tolerances(
             "The solve has no PIDController to take `rtol` and `atol` from; pass "
             "them to the regularizer."
         )
-    return rtol, atol, optx.rms_norm
+    return rtol, atol, controller_norm(controller)

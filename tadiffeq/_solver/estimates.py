@@ -8,7 +8,7 @@ import numpy as np
 import optimistix as optx
 
 from .._custom_types import Scalar, Y
-from .tableau import RKTableau
+from .tableau import RKTableau, stage_sum
 
 
 def scaled_error(
@@ -66,11 +66,11 @@ def stiffness_estimate(
     """
     check_stiffness_tableau(tableau)
     coeffs = np.asarray(tableau.b) - np.asarray(tableau.a[-2])
-    df = jtu.tree_map(lambda k: (k[-1] - k[-2]) / dt, ks)
-    dz = jtu.tree_map(
-        lambda k: jnp.tensordot(jnp.asarray(coeffs, k.dtype), k, axes=1), ks
-    )
-    return norm(df) / (norm(dz) + eps)
+    # dt = 0 (a step from t1, where the local regularizer clamps dt to t1 - t): every
+    # k is 0, and so is the estimate, not 0 / 0.
+    safe_dt = jnp.where(dt > 0, dt, 1.0)
+    df = jtu.tree_map(lambda k: (k[-1] - k[-2]) / safe_dt, ks)
+    return norm(df) / (norm(stage_sum(coeffs, ks)) + eps)
 
 
 def real_stability_boundary(tableau: RKTableau, *, upper: float = 20.0) -> float:

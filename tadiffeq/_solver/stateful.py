@@ -33,13 +33,12 @@ import equinox.internal as eqxi
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-import numpy as np
 from jaxtyping import Array, PyTree
 
 from .._custom_types import Y
 from .._diffrax_private import AdjointTerm
 from .observers import AbstractStepObserver, StepInfo
-from .tableau import RKTableau
+from .tableau import RKTableau, stage_sum
 
 
 def clone_state(state: eqx.nn.State) -> eqx.nn.State:
@@ -93,16 +92,6 @@ def _is_adjoint(terms) -> bool:
     return isinstance(_unwrap(terms)[0], AdjointTerm)
 
 
-def _dot(coeffs: np.ndarray, ks: Y) -> Y:
-    """sum_i coeffs[i] ks[i] for each leaf of a stacked-stages pytree."""
-    return jtu.tree_map(
-        lambda k: jnp.tensordot(
-            jnp.asarray(coeffs, k.dtype), k, axes=1, precision=lax.Precision.HIGHEST
-        ),
-        ks,
-    )
-
-
 def _add(y: Y, dy: Y) -> Y:
     return jtu.tree_map(lambda a, b: a + b.astype(a.dtype), y, dy)
 
@@ -148,16 +137,7 @@ def run_stages(
         def body(carry, xs):
             ks, state, _ = carry
             i, a_row, c_i = xs
-            z = _add(
-                y0,
-                jtu.tree_map(
-                    lambda k: jnp.tensordot(
-                        a_row.astype(k.dtype), k, axes=1,
-                        precision=lax.Precision.HIGHEST,
-                    ),
-                    ks,
-                ),
-            )  # fmt: skip
+            z = _add(y0, stage_sum(a_row, ks))
             k, f, state = evaluate(t0 + c_i * dt, z, state)
             ks = jtu.tree_map(lambda kk, ki: kk.at[i].set(ki), ks, k)
             return (ks, state, f if keep_last_f else None), None
@@ -172,8 +152,8 @@ def run_stages(
                 jnp.asarray(tableau.c[1:], dtype=jnp.result_type(dt)),
             ),
         )
-    y1 = _add(y0, _dot(tableau.b, ks))
-    y_error = None if tableau.b_error is None else _dot(tableau.b_error, ks)
+    y1 = _add(y0, stage_sum(tableau.b, ks))
+    y_error = None if tableau.b_error is None else stage_sum(tableau.b_error, ks)
     return Stages(ks, y1, y_error, f_last, state)
 
 

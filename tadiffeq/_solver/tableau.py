@@ -2,12 +2,30 @@
 
 import diffrax as dfx
 import equinox as eqx
+import jax.lax as lax
+import jax.numpy as jnp
+import jax.tree_util as jtu
 import numpy as np
+
+from .._custom_types import Y
 
 
 def _tuple(x) -> tuple:
     x = np.asarray(x, dtype=float)
     return tuple(map(_tuple, x)) if x.ndim > 1 else tuple(float(v) for v in x)
+
+
+def stage_sum(coeffs, ks: Y) -> Y:
+    """`sum_i coeffs[i] ks[i]` for each leaf of a stacked-stages pytree (stage axis
+    first; `coeffs` a NumPy or JAX vector), at full precision: the weights of an error
+    estimate or of a stiffness difference sum to zero, and a TF32 / bfloat16 matmul
+    default on GPU or TPU would lose their O(dt^2) result in the cancellation."""
+    return jtu.tree_map(
+        lambda k: jnp.tensordot(
+            jnp.asarray(coeffs, k.dtype), k, axes=1, precision=lax.Precision.HIGHEST
+        ),
+        ks,
+    )
 
 
 class RKTableau(eqx.Module):
