@@ -101,8 +101,10 @@ class Checkpointer:
             shutil.rmtree(old, ignore_errors=True)
 
     def latest(self) -> tuple[int, dict[str, Any]] | None:
-        """`(step, metadata)` of the latest intact checkpoint without loading its
-        arrays, or `None` if there is no checkpoint."""
+        """`(step, metadata)` of the latest checkpoint whose metadata is intact,
+        without reading its arrays (so without their checksum: `restore` verifies
+        them, and falls back to an older checkpoint if they fail), or `None` if
+        there is no checkpoint."""
         found = self._intact(read_arrays=False)
         return None if found is None else (found[1]["step"], found[1]["metadata"])
 
