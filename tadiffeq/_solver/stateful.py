@@ -220,7 +220,9 @@ class StatefulSolver(dfx.AbstractAdaptiveSolver):
 
     def num_evaluations(self, num_steps, terms) -> Array:
         """Vector-field evaluations made by `init` and `num_steps` steps (accepted
-        or rejected) on `terms`: FSAL applies to a `StatefulField`'s terms only."""
+        or rejected) on `terms`: FSAL applies to a `StatefulField`'s terms only.
+        (Not counted: the re-evaluation of f(t0, y0) after each jump of a
+        `ClipStepSizeController(jump_ts=...)`, one per jump.)"""
         tab = self.tableau
         if tab.fsal and _find_stateful(terms)[0] is not None:
             return 1 + (tab.num_stages - 1) * num_steps
