@@ -91,13 +91,13 @@ class GlobalRegularizer(AbstractRegularizer):
         if self.kind == "stiffness":
             check_stiffness_tableau(tableau)
             stability = real_stability_boundary(tableau)
+        norm = controller_norm(spec.stepsize_controller)
         if self.kind == "error":
-            rtol, atol, norm = controller_tolerances(
+            rtol, atol, _ = controller_tolerances(
                 spec.stepsize_controller, self.rtol, self.atol
             )
             acc = StepAccumulator("error", rtol, atol, norm=norm)
         else:  # the stiffness estimate scales nothing by the tolerances
-            norm = controller_norm(spec.stepsize_controller)
             acc = StepAccumulator("stiffness", stability_size=stability, norm=norm)
         return Plan(observers=(acc,))
 
