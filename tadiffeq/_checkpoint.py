@@ -33,7 +33,10 @@ class Checkpointer:
     JSON with the arrays' SHA-256 and layout), flushes both to disk and then points
     `latest.json` at it with an atomic rename, so an interrupted save leaves the
     previous checkpoint intact and arrays and metadata always belong to the same
-    step. The newest `keep` checkpoints are kept.
+    step. The newest `keep` checkpoints are kept. The checkpoints form one history:
+    a save at step n removes those at step n or later (with a warning for later
+    ones: the run was rewound, or a new run started in the directory without
+    restoring), so a stale later step is never restored in place of it.
 
     Damage is survived, never silently: `restore` and `latest` read the checkpoint
     `latest.json` names, and if that pointer is missing or unreadable, or the
@@ -95,9 +98,20 @@ class Checkpointer:
         saved = sorted(
             (_step_of(p.name), p.stat().st_mtime_ns, p) for p in self._folders()
         )
-        superseded = [p for s, _, p in saved if s == step and p.name != name]
-        others = [p for s, _, p in saved if s != step]
-        for old in superseded + others[: max(0, len(others) - (self.keep - 1))]:
+        # One history: this save supersedes every checkpoint at its step or later
+        # (a run that rewound, or a new run in the same directory), so none of them
+        # can outlive it or be restored in its place.
+        later = sorted({s for s, _, _ in saved if s > step})
+        if later:
+            warnings.warn(
+                f"Checkpoint of step {step} saved in {self.directory}, which held "
+                f"later steps {later}: removed them (a rewound or restarted run "
+                "supersedes them).",
+                stacklevel=2,
+            )
+        superseded = [p for s, _, p in saved if s >= step and p.name != name]
+        earlier = [p for s, _, p in saved if s < step]
+        for old in superseded + earlier[: max(0, len(earlier) - (self.keep - 1))]:
             shutil.rmtree(old, ignore_errors=True)
 
     def latest(self) -> tuple[int, dict[str, Any]] | None:

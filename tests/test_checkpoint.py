@@ -51,6 +51,23 @@ def test_checkpoint_interrupted_save_keeps_previous_and_prunes(tmp_path):
     assert ckpt.restore(like)[0] == 4
 
 
+def test_checkpoint_rewound_run_supersedes_later_steps(tmp_path):
+    # A run that restarts at a lower step: the old run's later checkpoints are
+    # removed (with a warning), so the fallback after a damaged pointer is the
+    # rewound run's newest, never the stale step 10.
+    ckpt = td.Checkpointer(tmp_path, keep=2)
+    like = {"w": jnp.zeros(3)}
+    for step in (8, 10):
+        ckpt.save(step, {"w": jnp.full(3, float(step))})
+    with pytest.warns(UserWarning, match=r"later steps \[8, 10\]: removed"):
+        ckpt.save(1, {"w": jnp.full(3, 1.0)})
+    ckpt.save(2, {"w": jnp.full(3, 2.0)})
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_1", "step_2"]
+    (tmp_path / "latest.json").unlink()
+    with pytest.warns(UserWarning, match="Using .*step_2 instead"):
+        assert ckpt.restore(like)[0] == 2
+
+
 def test_checkpoint_rejects_bad_keep(tmp_path):
     with pytest.raises(ValueError, match="keep"):
         td.Checkpointer(tmp_path, keep=0)

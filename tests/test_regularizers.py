@@ -165,6 +165,46 @@ def test_gradients_flow_through_the_step_not_through_y_t_or_dt(getkey):
         )
 
 
+def test_the_heuristic_step_size_is_a_constant_of_the_gradient(getkey):
+    # The adaptive node's estimate and its gradient equal those of a constant-step
+    # node whose dt0 is the heuristic's dt at the current parameters, although that
+    # dt depends on the parameters: the gradient does not flow through dt (diffrax's
+    # `PIDController.init` stops it, and `local_step_estimate` again).
+    with jax.enable_x64(True):
+        field = td.MLPField(
+            4, (12,), norm="none", activation="tanh", dtype=jnp.float64, key=getkey()
+        )
+        state = eqx.nn.State(field)
+        ctrl = dfx.PIDController(rtol=1e-3, atol=1e-3)
+        node = td.NeuralODE(field, solver=dfx.Tsit5(), stepsize_controller=ctrl)
+        y = jax.random.normal(getkey(), (5, 4), jnp.float64)
+        t = 0.3
+
+        def heuristic_dt(field):
+            term = dfx.ODETerm(td.StatefulField(field, state))
+            tnext, _ = ctrl.init(
+                term, t, 1.0, y, None, None, dfx.Tsit5().func, dfx.Tsit5().order(term)
+            )
+            return tnext - t
+
+        dt = heuristic_dt(field)
+        assert 0 < float(dt) < 0.7  # not clamped to t1 - t
+        fixed = td.NeuralODE(
+            field, solver=dfx.Tsit5(), stepsize_controller=dfx.ConstantStepSize(),
+            dt0=float(dt),
+        )  # fmt: skip
+
+        def value(n):
+            return td.local_step_estimate(
+                n, state, t, y, stop_first_stage=False, rtol=1e-3, atol=1e-3
+            )[0]
+
+        np.testing.assert_allclose(value(node), value(fixed), rtol=1e-12)
+        g, g_fixed = eqx.filter_grad(value)(node), eqx.filter_grad(value)(fixed)
+        for leaf, leaf_fixed in zip(jax.tree.leaves(g), jax.tree.leaves(g_fixed)):
+            np.testing.assert_allclose(leaf, leaf_fixed, rtol=1e-10, atol=1e-14)
+
+
 def test_biased_samples_lie_on_accepted_step_boundaries(getkey):
     node, state = _mlp(getkey(), scale=4.0)
     y0 = jax.random.normal(getkey(), (6, 4))
