@@ -96,7 +96,9 @@ class Checkpointer:
         os.replace(pointer, self._latest)  # the commit point
         _sync_directory(self.directory)
         saved = sorted(
-            (_step_of(p.name), p.stat().st_mtime_ns, p) for p in self._folders()
+            (s, p.stat().st_mtime_ns, p)
+            for p in self._folders()
+            if (s := _step_of(p.name)) is not None  # (always: for the type checker)
         )
         # One history: this save supersedes every checkpoint at its step or later
         # (a run that rewound, or a new run in the same directory), so none of them
