@@ -139,6 +139,34 @@ def test_vmap_over_independent_batches(getkey):
         )  # fmt: skip
 
 
+def test_vmap_with_jumps_updates_each_members_statistics_as_alone(getkey):
+    # After a `jump_ts` jump the FSAL stage is re-evaluated. Under vmap the members
+    # jump at different steps (0: 7 steps, 1 and 2: 3): a member that did not jump
+    # must not take the re-evaluation's statistics update (it did: 0.02-0.05 off).
+    # float64, so the vmapped and lone solves take the same steps exactly.
+    with jax.enable_x64(True):
+        pid = dfx.PIDController(rtol=1e-5, atol=1e-5)
+        ctrl = dfx.ClipStepSizeController(pid, jump_ts=[0.05, 0.37, 0.61])
+
+        def build(key):
+            field = td.MLPField(
+                6, (16,), norm="tabn", activation="tanh", dtype=jnp.float64, key=key
+            )
+            return td.NeuralODE(field, stepsize_controller=ctrl)
+
+        node, state = eqx.nn.make_with_state(build)(getkey())
+        scales = jnp.array([0.1, 1.0, 4.0], jnp.float64)[:, None, None]
+        xs = jax.random.normal(getkey(), (3, 8, 6), jnp.float64) * scales
+        ys, states, stats = jax.vmap(node, in_axes=(0, None))(xs, state)
+        assert len(set(stats.num_steps.tolist())) > 1  # they step differently
+        index = node.field.norms[0].state_index
+        for i in range(3):
+            y, s, _ = node(xs[i], td.clone_state(state))
+            np.testing.assert_allclose(ys[i], y, rtol=1e-12, atol=1e-14)
+            for batched, alone in zip(states.get(index), s.get(index)):
+                np.testing.assert_allclose(batched[i], alone, rtol=1e-12, atol=1e-14)
+
+
 def _loss(node, state, x):
     y, _, _ = node(x, td.clone_state(state))
     return jnp.sum(jnp.sin(y))

@@ -267,11 +267,18 @@ class StatefulSolver(dfx.AbstractAdaptiveSolver):
                 f0 = fsal_f
             else:
                 # After a discontinuity the stored f(t0, y0) is stale: re-evaluate.
-                f0, state = lax.cond(
+                # Under `vmap` the cond runs for every member once any jumped: keep
+                # the others' f and statistics (the re-evaluation would update them).
+                jumped = lax.cond(
                     eqxi.unvmap_any(made_jump),
                     lambda s: field.with_state(t0 * direction, y0, s),
                     lambda s: (fsal_f, s),
                     state,
+                )
+                f0, state = jtu.tree_map(
+                    lambda new, old: jnp.where(made_jump, new, old),
+                    jumped,
+                    (fsal_f, state),
                 )
             k0 = terms.prod(f0, control)
         else:
