@@ -21,7 +21,9 @@ Design decisions (documented in the user guide as well):
 - Order within a step: the stages are applied one after another in evaluation order
   (c_1 <= ... <= c_s for the supported tableaux), each to the state left by the
   previous one. For FSAL methods the last stage of a step (at t1, on y1) is the first
-  stage of the next and is counted once.
+  stage of the next and is counted once. After a jump of
+  `ClipStepSizeController(jump_ts=...)` f(t0, y0) is evaluated again and updates the
+  statistics (once per jump); under `vmap` only for the members that jumped.
 """
 
 from collections.abc import Callable, Sequence
