@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pathlib
+import re
 import shutil
 import warnings
 from typing import Any
@@ -69,7 +70,9 @@ class Checkpointer:
 
     def save(self, step: int, tree: PyTree, metadata: dict[str, Any] | None = None):
         """Writes `tree` (any pytree of arrays and static data) and `metadata`
-        (JSON-serialisable) as the checkpoint after `step` steps."""
+        (JSON-serialisable) as the checkpoint after `step` steps, then removes the
+        checkpoints it supersedes: those of `step` or later (a warning names later
+        steps) and all but the newest `keep - 1` earlier ones."""
         step = int(step)
         # A step saved again goes to a new folder: the one `latest.json` may point at
         # is only removed after the commit point.
@@ -103,18 +106,19 @@ class Checkpointer:
         # One history: this save supersedes every checkpoint at its step or later
         # (a run that rewound, or a new run in the same directory), so none of them
         # can outlive it or be restored in its place.
-        later = sorted({s for s, _, _ in saved if s > step})
-        if later:
-            warnings.warn(
-                f"Checkpoint of step {step} saved in {self.directory}, which held "
-                f"later steps {later}: removed them (a rewound or restarted run "
-                "supersedes them).",
-                stacklevel=2,
-            )
         superseded = [p for s, _, p in saved if s >= step and p.name != name]
         earlier = [p for s, _, p in saved if s < step]
         for old in superseded + earlier[: max(0, len(earlier) - (self.keep - 1))]:
             shutil.rmtree(old, ignore_errors=True)
+        later = sorted({s for s, _, _ in saved if s > step})
+        if later:
+            kept = [p.name for s, _, p in saved if s > step and p.exists()]
+            warnings.warn(
+                f"Checkpoint of step {step} saved in {self.directory}, which held "
+                f"later steps {later} (a rewound or restarted run supersedes them): "
+                + (f"could not remove {kept}." if kept else "removed them."),
+                stacklevel=2,
+            )
 
     def latest(self) -> tuple[int, dict[str, Any]] | None:
         """`(step, metadata)` of the latest checkpoint whose metadata is intact,
@@ -289,6 +293,7 @@ def _mismatch(path, saved: list, expected: list, like: PyTree) -> str:
 
 
 def _step_of(name: str) -> int | None:
-    """The step of a checkpoint folder `step_<n>` or `step_<n>_r<k>`, else `None`."""
-    base = name[5:].split("_r")[0]
-    return int(base) if base.isdigit() else None
+    """The step of a checkpoint folder `step_<n>` or `step_<n>_r<k>`, else `None`
+    (also for a save's unfinished `step_<n>_r<k>.tmp`)."""
+    match = re.fullmatch(r"step_(\d+)(?:_r\d+)?", name)
+    return None if match is None else int(match.group(1))

@@ -51,6 +51,20 @@ def test_checkpoint_interrupted_save_keeps_previous_and_prunes(tmp_path):
     assert ckpt.restore(like)[0] == 4
 
 
+def test_checkpoint_unfinished_resave_is_not_a_checkpoint(tmp_path):
+    # `step_<n>_r<k>.tmp` is a re-save that died before its rename: whatever it
+    # holds, it is never restored (it used to parse as step n).
+    import shutil
+
+    ckpt = td.Checkpointer(tmp_path, keep=3)
+    for step in (1, 2, 3):
+        ckpt.save(step, {"w": jnp.full(3, float(step))})
+    shutil.copytree(tmp_path / "step_3", tmp_path / "step_5_r1.tmp")
+    (tmp_path / "latest.json").unlink()
+    with pytest.warns(UserWarning, match=r"Using \S*step_3 instead"):
+        assert ckpt.restore({"w": jnp.zeros(3)})[0] == 3
+
+
 def test_checkpoint_rewound_run_supersedes_later_steps(tmp_path):
     # A run that restarts at a lower step: the old run's later checkpoints are
     # removed (with a warning), so the fallback after a damaged pointer is the
@@ -59,7 +73,7 @@ def test_checkpoint_rewound_run_supersedes_later_steps(tmp_path):
     like = {"w": jnp.zeros(3)}
     for step in (8, 10):
         ckpt.save(step, {"w": jnp.full(3, float(step))})
-    with pytest.warns(UserWarning, match=r"later steps \[8, 10\]: removed"):
+    with pytest.warns(UserWarning, match=r"later steps \[8, 10\] .*: removed them"):
         ckpt.save(1, {"w": jnp.full(3, 1.0)})
     ckpt.save(2, {"w": jnp.full(3, 2.0)})
     assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_1", "step_2"]

@@ -159,12 +159,17 @@ def test_vmap_with_jumps_updates_each_members_statistics_as_alone(getkey):
         xs = jax.random.normal(getkey(), (3, 8, 6), jnp.float64) * scales
         ys, states, stats = jax.vmap(node, in_axes=(0, None))(xs, state)
         assert len(set(stats.num_steps.tolist())) > 1  # they step differently
-        index = node.field.norms[0].state_index
         for i in range(3):
             y, s, _ = node(xs[i], td.clone_state(state))
             np.testing.assert_allclose(ys[i], y, rtol=1e-12, atol=1e-14)
-            for batched, alone in zip(states.get(index), s.get(index)):
-                np.testing.assert_allclose(batched[i], alone, rtol=1e-12, atol=1e-14)
+            # Every statistic and coverage buffer (the outputs use batch statistics).
+            jax.tree.map(
+                lambda batched, alone, i=i: np.testing.assert_allclose(
+                    batched[i], alone, rtol=1e-12, atol=1e-14
+                ),
+                states,
+                s,
+            )
 
 
 def _loss(node, state, x):
