@@ -8,11 +8,11 @@ import pytest
 import tadiffeq as td
 
 
-def _mlp_node(norm, key, features=6, norm_kwargs=None, **kw):
+def _mlp_node(norm, key, features=6, norm_kwargs=None, dtype=None, **kw):
     def build(key):
         field = td.MLPField(
             features, (16,), norm=norm, norm_kwargs=norm_kwargs, activation="tanh",
-            key=key,
+            dtype=dtype, key=key,
         )  # fmt: skip
         return td.NeuralODE(field, **kw)
 
@@ -141,20 +141,15 @@ def test_vmap_over_independent_batches(getkey):
 
 def test_vmap_with_jumps_updates_each_members_statistics_as_alone(getkey):
     # After a `jump_ts` jump the FSAL stage is re-evaluated. Under vmap the members
-    # jump at different steps (0: 7 steps, 1 and 2: 3): a member that did not jump
-    # must not take the re-evaluation's statistics update (it did: 0.02-0.05 off).
-    # float64, so the vmapped and lone solves take the same steps exactly.
+    # (scaled inputs: different step counts) jump at different steps: a member that
+    # did not jump must not take the re-evaluation's statistics update (it did:
+    # 0.02-0.05 off). float64, so the vmapped and lone solves take the same steps.
     with jax.enable_x64(True):
         pid = dfx.PIDController(rtol=1e-5, atol=1e-5)
         ctrl = dfx.ClipStepSizeController(pid, jump_ts=[0.05, 0.37, 0.61])
-
-        def build(key):
-            field = td.MLPField(
-                6, (16,), norm="tabn", activation="tanh", dtype=jnp.float64, key=key
-            )
-            return td.NeuralODE(field, stepsize_controller=ctrl)
-
-        node, state = eqx.nn.make_with_state(build)(getkey())
+        node, state = _mlp_node(
+            "tabn", getkey(), dtype=jnp.float64, stepsize_controller=ctrl
+        )
         scales = jnp.array([0.1, 1.0, 4.0], jnp.float64)[:, None, None]
         xs = jax.random.normal(getkey(), (3, 8, 6), jnp.float64) * scales
         ys, states, stats = jax.vmap(node, in_axes=(0, None))(xs, state)
