@@ -1,3 +1,6 @@
+import os
+import shutil
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -54,8 +57,6 @@ def test_checkpoint_interrupted_save_keeps_previous_and_prunes(tmp_path):
 def test_checkpoint_unfinished_resave_is_not_a_checkpoint(tmp_path):
     # `step_<n>_r<k>.tmp` is a re-save that died before its rename: whatever it
     # holds, it is never restored (it used to parse as step n).
-    import shutil
-
     ckpt = td.Checkpointer(tmp_path, keep=3)
     for step in (1, 2, 3):
         ckpt.save(step, {"w": jnp.full(3, float(step))})
@@ -88,8 +89,6 @@ def test_checkpoint_rejects_bad_keep(tmp_path):
 
 
 def test_checkpoint_resaving_a_step_is_atomic_too(tmp_path, monkeypatch):
-    import os
-
     ckpt = td.Checkpointer(tmp_path, keep=2)
     like = {"w": jnp.zeros(3)}
     ckpt.save(5, {"w": jnp.full(3, 5.0)}, {"n": 1})
